@@ -1,0 +1,3 @@
+from sarf_bundle.cli import main
+
+main()

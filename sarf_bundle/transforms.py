@@ -1,0 +1,444 @@
+"""Preprocessing transforms of the SaRF paper: skull stripping, cranio-caudal crop, percentile slices.
+
+The paper (You, Wiest, Reyes, CMPB 2023, section 3.2) crops every volume to about 140 mm in the
+cranio-caudal direction, z-scores it, and selects 7 axial slices at percentiles 20, 30, ..., 80 of the
+cranio-caudal extent; training volumes are skull-stripped. Each step is an array transform with a
+dictionary twin ``<Name>d``, following MONAI's conventions. The order, after ``LoadImaged`` and
+``EnsureChannelFirstd``::
+
+    Orientationd(["image", "brain_mask"], axcodes="RAS")
+    CropCranioCaudald(["image", "brain_mask"], source_key="image")  # slab found on the whole head
+    SkullStripd("image", mask_key="brain_mask")                      # training and validation only
+    NormalizeIntensityd("image", nonzero=True)                       # z-score per volume
+    SelectPercentileSlicesd("image")                                 # (7, 128, 128)
+
+Cropping before skull stripping puts the slab below the top of the head in training as at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from numbers import Integral, Real
+from typing import Literal
+
+import nibabel as nib
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, MaskIntensity, SpatialCrop, Transform
+from monai.utils import MetaKeys, convert_to_tensor
+
+__all__ = [
+    "SKULL_STRIP_BACKENDS",
+    "CropCranioCaudal",
+    "CropCranioCaudald",
+    "SelectPercentileSlices",
+    "SelectPercentileSlicesd",
+    "SkullStrip",
+    "SkullStripd",
+    "foreground_mask",
+    "otsu_threshold",
+]
+
+SKULL_STRIP_BACKENDS: tuple[str, ...] = ("mask",)
+"""Skull-stripping backends: ``"mask"`` applies a brain mask given with the image."""
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold: the intensity that maximises the between-class variance of the histogram.
+
+    Args:
+        values: intensities of any shape.
+        bins: number of histogram bins between the minimum and the maximum.
+
+    Returns:
+        The upper edge of the last bin of the lower class; voxels above it are foreground.
+        A constant image returns its value, so nothing lies above it.
+
+    Example:
+        >>> otsu_threshold(torch.tensor([0.0, 0.1, 0.2, 9.8, 9.9, 10.0]))
+        0.234375
+    """
+    values = values.detach().float()
+    low, high = values.min().item(), values.max().item()
+    if low == high:
+        return high
+    counts = torch.histc(values, bins, low, high).double()
+    width = (high - low) / bins
+    centres = low + width * (torch.arange(bins, dtype=torch.float64, device=counts.device) + 0.5)
+    below = counts.cumsum(0)
+    above = below[-1] - below
+    mass_below = (counts * centres).cumsum(0)
+    mean_below = mass_below / below.clamp(min=1)
+    mean_above = (mass_below[-1] - mass_below) / above.clamp(min=1)
+    between_class_variance = below * above * (mean_below - mean_above) ** 2
+    return low + width * (between_class_variance.argmax().item() + 1)
+
+
+def foreground_mask(img: torch.Tensor, threshold: float | Literal["otsu"] = "otsu") -> torch.Tensor:
+    """Head (or brain) foreground of a channel-first image: voxels that are foreground in any channel.
+
+    With ``threshold="otsu"``, the background intensity is the mode of the histogram: the air noise of a
+    whole-head volume, the zeros around a skull-stripped brain (also after z-scoring, which puts brain voxels
+    on both sides of it). The foreground is the voxels whose distance from it exceeds Otsu's threshold of
+    that distance, whatever the intensity scale. The histograms use at most about 2**20 voxels on a regular
+    lattice. With a number, the foreground is the voxels above that intensity.
+
+    Args:
+        img: channel-first image ``(C, spatial...)``.
+        threshold: ``"otsu"`` or an intensity.
+
+    Returns:
+        Boolean tensor of the spatial shape.
+
+    Example:
+        >>> foreground_mask(torch.tensor([[0.0, 0.0, 0.0, -1.5, 2.0, 1.0]])).tolist()
+        [False, False, False, True, True, True]
+    """
+    values = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
+    if threshold != "otsu":
+        return (values > threshold).any(0)
+    step = max(1, round((values.numel() / 2**20) ** (1 / (values.ndim - 1))))
+    lattice = (slice(None),) + (slice(None, None, step),) * (values.ndim - 1)
+    sample = values[lattice]
+    low, high = sample.min().item(), sample.max().item()
+    background = low + (high - low) * (torch.histc(sample, 256, low, high).argmax().item() + 0.5) / 256
+    distance = (values - background).abs()
+    return (distance > otsu_threshold(distance[lattice])).any(0)
+
+
+def _check_positive(name: str, value: object, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral if integer else Real):
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+
+
+def _check_threshold(threshold: object) -> None:
+    if isinstance(threshold, str):
+        if threshold != "otsu":
+            raise ValueError(f"threshold must be 'otsu' or an intensity, got {threshold!r}")
+    elif isinstance(threshold, bool) or not isinstance(threshold, Real):
+        raise TypeError(f"threshold must be 'otsu' or a number, got {threshold!r} ({type(threshold).__name__})")
+
+
+def _check_volume(img: object, transform: str) -> None:
+    if not isinstance(img, MetaTensor):
+        raise TypeError(
+            f"{transform} needs a MetaTensor with an affine (load the volume with LoadImage), got {type(img).__name__}"
+        )
+    if img.ndim != 4 or img.shape[0] != 1:
+        raise ValueError(f"{transform} expects a channel-first volume of shape (1, X, Y, Z), got {tuple(img.shape)}")
+    axcodes = "".join(nib.aff2axcodes(img.affine.cpu().numpy()))
+    if axcodes != "RAS":
+        raise ValueError(
+            f"{transform} expects a RAS-oriented volume, got {axcodes}: apply Orientation(axcodes='RAS') first"
+        )
+
+
+class CropCranioCaudal(Transform):
+    """Crop a RAS volume to the ``extent_mm`` below the top of the head (paper: 140 mm cranio-caudal).
+
+    The top of the head is the most superior axial slice whose foreground (see :func:`foreground_mask`)
+    covers at least 1 % of the largest axial foreground area, so that isolated noise voxels above the head
+    are ignored. The slab keeps the number of slices closest to ``extent_mm`` (fewer if the volume is
+    shorter) and is cut with MONAI's :class:`~monai.transforms.SpatialCrop`, which updates the affine.
+
+    Args:
+        extent_mm: cranio-caudal extent kept, in millimetres.
+        threshold: foreground threshold, ``"otsu"`` or an intensity.
+
+    Raises:
+        TypeError: ``extent_mm`` or ``threshold`` has a wrong type; the input is not a MetaTensor.
+        ValueError: ``extent_mm`` is not positive; ``threshold`` is an unknown string; the input is not a
+            ``(1, X, Y, Z)`` RAS volume or has no foreground.
+
+    Example:
+        >>> crop = CropCranioCaudal(extent_mm=140.0)
+        >>> slab = crop(volume)  # (1, X, Y, Z) RAS MetaTensor -> (1, X, Y, <= round(140 / spacing_z))
+    """
+
+    def __init__(self, extent_mm: float = 140.0, threshold: float | Literal["otsu"] = "otsu") -> None:
+        _check_positive("extent_mm", extent_mm)
+        _check_threshold(threshold)
+        self.extent_mm = float(extent_mm)
+        self.threshold = threshold
+
+    def compute_slab(self, img: MetaTensor) -> slice:
+        """Axial slice range (along the last axis) of the ``extent_mm`` below the top of the head in ``img``."""
+        _check_volume(img, type(self).__name__)
+        axial_area = foreground_mask(img, self.threshold).sum((0, 1))
+        if axial_area.max() == 0:
+            raise ValueError(f"{type(self).__name__} found no foreground above threshold {self.threshold!r}")
+        top = int(torch.nonzero(axial_area >= 0.01 * axial_area.max()).max())
+        n_slices = max(1, round(self.extent_mm / float(img.pixdim[2])))
+        return slice(max(top + 1 - n_slices, 0), top + 1)
+
+    @staticmethod
+    def crop(img: torch.Tensor, slab: slice) -> torch.Tensor:
+        """Crop the last axis of ``img`` to ``slab``, updating its affine."""
+        return SpatialCrop(roi_slices=[slice(None), slice(None), slab])(img)
+
+    def __call__(self, img: MetaTensor) -> torch.Tensor:
+        """Crop ``img`` of shape ``(1, X, Y, Z)`` to ``(1, X, Y, Z')``, ``Z' <= round(extent_mm / spacing_z)``."""
+        return self.crop(img, self.compute_slab(img))
+
+
+class CropCranioCaudald(MapTransform):
+    """Dictionary-based :class:`CropCranioCaudal`: the slab found in ``source_key`` crops every key.
+
+    Args:
+        keys: keys to crop, e.g. ``["image", "brain_mask"]``, all on the grid of ``source_key``.
+        source_key: key of the image whose head defines the slab, e.g. ``"image"``.
+        extent_mm: cranio-caudal extent kept, in millimetres.
+        threshold: foreground threshold, ``"otsu"`` or an intensity.
+        allow_missing_keys: don't raise an exception if a key in ``keys`` is missing.
+
+    Raises:
+        See :class:`CropCranioCaudal`.
+
+    Example:
+        >>> crop = CropCranioCaudald(["image", "brain_mask"], source_key="image")
+        >>> data = crop({"image": volume, "brain_mask": mask})
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source_key: str,
+        extent_mm: float = 140.0,
+        threshold: float | Literal["otsu"] = "otsu",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+        self.cropper = CropCranioCaudal(extent_mm=extent_mm, threshold=threshold)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        slab = self.cropper.compute_slab(d[self.source_key])
+        for key in self.key_iterator(d):
+            d[key] = self.cropper.crop(d[key], slab)
+        return d
+
+
+class SelectPercentileSlices(Transform):
+    """Axial slices at percentiles of the cranio-caudal extent, resampled in-plane to a square grid.
+
+    The paper selects 7 slices at percentiles 20, 30, ..., 80. Percentile ``p`` of a volume of ``Z``
+    slices lies at ``z = p / 100 * (Z - 1)``; between two slices the value is interpolated linearly.
+    Only the selected slices are resampled in-plane (bilinear, zero outside the volume), never the volume:
+
+    - with ``fov_mm``, onto ``size x size`` pixels of ``fov_mm / size`` millimetres, centred on the in-plane
+      centroid of the volume's foreground (see :func:`foreground_mask`), so the physical aspect ratio is kept;
+    - with ``fov_mm=None``, the slice's full in-plane extent is padded to a square about its centre and
+      resized to ``size x size`` (aspect ratio kept).
+
+    The result is a MetaTensor of shape ``(len(percentiles), size, size)``: the slices stacked on the channel
+    axis, spatial axes in the volume's R and A directions. Its 3x3 affine maps pixel ``(i, j)`` to the RAS
+    world ``(x, y)`` in millimetres (exact for volumes whose axial plane is not oblique), so ``pixdim`` is the
+    pixel spacing; the other metadata of the volume are kept.
+
+    Args:
+        percentiles: percentiles of the cranio-caudal extent, each in ``[0, 100]``.
+        size: side of the square output, in pixels.
+        fov_mm: side of the square field of view, in millimetres, or ``None`` for the slice's full extent.
+        threshold: foreground threshold for the centre, ``"otsu"`` or an intensity; unused if ``fov_mm=None``.
+
+    Raises:
+        TypeError: an argument has a wrong type; the input is not a MetaTensor.
+        ValueError: a percentile is outside ``[0, 100]``; ``size`` or ``fov_mm`` is not positive;
+            ``threshold`` is an unknown string; the input is not a ``(1, X, Y, Z)`` RAS volume, has
+            fewer than 2 slices or no foreground.
+
+    Example:
+        >>> select = SelectPercentileSlices(percentiles=(20, 30, 40, 50, 60, 70, 80), size=128, fov_mm=240.0)
+        >>> slices = select(slab)  # (1, X, Y, Z) RAS MetaTensor -> (7, 128, 128), pixdim 1.875 mm
+    """
+
+    def __init__(
+        self,
+        percentiles: Sequence[float] = (20, 30, 40, 50, 60, 70, 80),
+        size: int = 128,
+        fov_mm: float | None = 240.0,
+        threshold: float | Literal["otsu"] = "otsu",
+    ) -> None:
+        if isinstance(percentiles, str) or not isinstance(percentiles, Sequence) or not percentiles:
+            raise TypeError(f"percentiles must be a non-empty sequence of numbers, got {percentiles!r}")
+        for p in percentiles:
+            if isinstance(p, bool) or not isinstance(p, Real):
+                raise TypeError(f"percentiles must be numbers, got {p!r} ({type(p).__name__}) in {percentiles!r}")
+            if not 0 <= p <= 100:
+                raise ValueError(f"percentiles must lie in [0, 100], got {p!r} in {percentiles!r}")
+        _check_positive("size", size, integer=True)
+        if fov_mm is not None:
+            _check_positive("fov_mm", fov_mm)
+        _check_threshold(threshold)
+        self.percentiles = tuple(float(p) for p in percentiles)
+        self.size = int(size)
+        self.fov_mm = fov_mm
+        self.threshold = threshold
+
+    def __call__(self, img: MetaTensor) -> MetaTensor:
+        """Select the slices of ``img`` of shape ``(1, X, Y, Z)``; returns ``(len(percentiles), size, size)``."""
+        name = type(self).__name__
+        _check_volume(img, name)
+        _, n_x, n_y, n_z = img.shape
+        if n_z < 2:
+            raise ValueError(f"{name}: volume has {n_z} slices along the cranio-caudal axis; at least 2 needed")
+        volume = img.as_tensor()[0].float()
+        z = torch.tensor(self.percentiles, dtype=torch.float64, device=volume.device) / 100 * (n_z - 1)
+        lower = z.floor().long().clamp(max=n_z - 2)
+        weight = (z - lower).float()
+        slices = (volume[..., lower] * (1 - weight) + volume[..., lower + 1] * weight).permute(2, 0, 1)
+
+        spacing_x, spacing_y = (float(s) for s in img.pixdim[:2])
+        if self.fov_mm is None:
+            fov_mm = max(n_x * spacing_x, n_y * spacing_y)
+            centre_x, centre_y = (n_x - 1) / 2, (n_y - 1) / 2
+        else:
+            fov_mm = float(self.fov_mm)
+            head = foreground_mask(img, self.threshold)
+            if not head.any():
+                raise ValueError(f"{name} found no foreground above threshold {self.threshold!r}")
+            area_x, area_y = head.sum((1, 2)).double(), head.sum((0, 2)).double()
+            centre_x = float((area_x * torch.arange(n_x, device=area_x.device)).sum() / area_x.sum())
+            centre_y = float((area_y * torch.arange(n_y, device=area_y.device)).sum() / area_y.sum())
+        pixel_mm = fov_mm / self.size
+        offsets_mm = (torch.arange(self.size, device=volume.device) - (self.size - 1) / 2) * pixel_mm
+        voxel_x = centre_x + offsets_mm / spacing_x
+        voxel_y = centre_y + offsets_mm / spacing_y
+        grid_x, grid_y = torch.meshgrid(2 * voxel_x / (n_x - 1) - 1, 2 * voxel_y / (n_y - 1) - 1, indexing="ij")
+        grid = torch.stack([grid_y, grid_x], dim=-1)[None]
+        resampled = F.grid_sample(slices[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+
+        affine = img.affine.double().cpu()
+        in_plane = affine[:2, :2] * torch.tensor([pixel_mm / spacing_x, pixel_mm / spacing_y], dtype=torch.float64)
+        first_voxel = torch.tensor([float(voxel_x[0]), float(voxel_y[0])], dtype=torch.float64)
+        origin = affine[:2, :2] @ first_voxel + affine[:2, 3]
+        slice_affine = torch.eye(3, dtype=torch.float64)
+        slice_affine[:2, :2], slice_affine[:2, 2] = in_plane, origin
+        meta = {k: v for k, v in img.meta.items() if k != MetaKeys.AFFINE}
+        return MetaTensor(resampled, affine=slice_affine, meta=meta)
+
+
+class SelectPercentileSlicesd(MapTransform):
+    """Dictionary-based :class:`SelectPercentileSlices`; each key is processed on its own.
+
+    Args:
+        keys: keys of the ``(1, X, Y, Z)`` volumes, e.g. ``"image"``.
+        percentiles: percentiles of the cranio-caudal extent, each in ``[0, 100]``.
+        size: side of the square output, in pixels.
+        fov_mm: side of the square field of view, in millimetres, or ``None`` for the slice's full extent.
+        threshold: foreground threshold for the centre, ``"otsu"`` or an intensity.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Raises:
+        See :class:`SelectPercentileSlices`.
+
+    Example:
+        >>> select = SelectPercentileSlicesd("image", size=128, fov_mm=240.0)
+        >>> select({"image": slab})["image"].shape
+        torch.Size([7, 128, 128])
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        percentiles: Sequence[float] = (20, 30, 40, 50, 60, 70, 80),
+        size: int = 128,
+        fov_mm: float | None = 240.0,
+        threshold: float | Literal["otsu"] = "otsu",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.selector = SelectPercentileSlices(percentiles=percentiles, size=size, fov_mm=fov_mm, threshold=threshold)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.selector(d[key])
+        return d
+
+
+class SkullStrip(Transform):
+    """Skull stripping: zero the image outside the brain (paper: HD-BET on training and validation volumes).
+
+    The ``"mask"`` backend applies a binary brain mask given with the image (same grid, mask > 0 is brain)
+    through MONAI's :class:`~monai.transforms.MaskIntensity`. Backends that compute the mask from the image
+    belong in :meth:`brain_mask`.
+
+    Args:
+        backend: one of :data:`SKULL_STRIP_BACKENDS`.
+
+    Raises:
+        ValueError: ``backend`` is unknown; the mask is missing or its shape or affine differs from the image's.
+
+    Example:
+        >>> strip = SkullStrip(backend="mask")
+        >>> brain = strip(volume, brain_mask)  # (C, X, Y, Z), mask (1, X, Y, Z) -> (C, X, Y, Z)
+    """
+
+    def __init__(self, backend: Literal["mask"] = "mask") -> None:
+        if backend not in SKULL_STRIP_BACKENDS:
+            raise ValueError(f"backend must be one of {SKULL_STRIP_BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.masker = MaskIntensity()
+
+    def brain_mask(self, img: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+        """The brain mask of ``img`` for this backend; ``"mask"`` checks and returns the ``given`` one."""
+        if given is None:
+            raise ValueError(f"SkullStrip(backend={self.backend!r}) needs a brain mask on the image grid, got None")
+        if given.shape[1:] != img.shape[1:]:
+            raise ValueError(
+                f"image shape {tuple(img.shape)} and brain mask shape {tuple(given.shape)} differ; "
+                "the brain mask must be on the image grid"
+            )
+        if isinstance(img, MetaTensor) and isinstance(given, MetaTensor):
+            if not torch.allclose(img.affine.double(), given.affine.double(), atol=1e-3):
+                raise ValueError(
+                    f"image affine {img.affine.tolist()} and brain mask affine {given.affine.tolist()} differ; "
+                    "the brain mask must be on the image grid (orient both the same way)"
+                )
+        return given
+
+    def __call__(self, img: torch.Tensor, brain_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Zero ``img`` of shape ``(C, spatial...)`` outside the brain; the shape is kept."""
+        return self.masker(img, self.brain_mask(img, brain_mask))
+
+
+class SkullStripd(MapTransform):
+    """Dictionary-based :class:`SkullStrip`: the brain mask is read from ``mask_key``.
+
+    Args:
+        keys: keys of the images to strip, e.g. ``"image"``.
+        mask_key: key of the brain mask, on the grid of every image in ``keys``.
+        backend: one of :data:`SKULL_STRIP_BACKENDS`.
+        allow_missing_keys: don't raise an exception if a key in ``keys`` is missing.
+
+    Raises:
+        See :class:`SkullStrip`.
+
+    Example:
+        >>> strip = SkullStripd("image", mask_key="brain_mask")
+        >>> data = strip({"image": volume, "brain_mask": mask})
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "brain_mask",
+        backend: Literal["mask"] = "mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.stripper = SkullStrip(backend=backend)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.stripper(d[key], d.get(self.mask_key))
+        return d

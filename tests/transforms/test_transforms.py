@@ -1,0 +1,255 @@
+"""Tests of sarf_bundle.transforms on synthetic heads written to NIfTI and loaded the MONAI way."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    NormalizeIntensity,
+    NormalizeIntensityd,
+    Orientationd,
+)
+from nibabel.orientations import axcodes2ornt, ornt_transform
+
+from sarf_bundle.transforms import (
+    CropCranioCaudal,
+    CropCranioCaudald,
+    SelectPercentileSlices,
+    SelectPercentileSlicesd,
+    SkullStrip,
+    SkullStripd,
+    foreground_mask,
+    otsu_threshold,
+)
+
+SPACING = (1.1, 0.9, 2.5)
+KEYS = ["image", "brain_mask"]
+
+
+def ras_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    return np.diag([*spacing, 1.0]) + np.array([[0, 0, 0, -20.0], [0, 0, 0, -25.0], [0, 0, 0, -60.0], [0, 0, 0, 0]])
+
+
+def head(shape: tuple[int, int, int], spacing: tuple[float, float, float], top: int, seed: int = 0) -> dict:
+    """Whole-head ellipsoid with an intensity gradient, cut flat at slice ``top``, in Rician noise; and its brain."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    centre = np.array([shape[0] / 2, shape[1] / 2, top - 0.3 * shape[2]])
+    radii = 0.4 * np.array(shape)
+    distance = np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip((x, y, z), centre, radii)))
+    inside = (distance < 1) & (z <= top)
+    brain = (distance < 0.75) & (z <= top - 2)
+    noise = np.random.default_rng(seed).normal(0, 4, (2, *shape))
+    signal = np.where(inside, 100 + 0.5 * x + y + 0.3 * z, 0.0)
+    image = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
+    return {"image": image.astype(np.float32), "brain_mask": brain.astype(np.float32)}
+
+
+def load(tmp_path, arrays: dict, affine: np.ndarray, axcodes: str = "RAS") -> dict:
+    """Write each array as NIfTI stored in ``axcodes`` order, then Load, EnsureChannelFirst, Orientation RAS."""
+    reorientation = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(axcodes))
+    files = {}
+    for key, array in arrays.items():
+        files[key] = str(tmp_path / f"{key}_{axcodes}.nii.gz")
+        nib.save(nib.Nifti1Image(array, affine).as_reoriented(reorientation), files[key])
+    keys = list(files)
+    loader = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys), Orientationd(keys, "RAS", labels=None)]
+    return Compose(loader)(files)
+
+
+def volume(data: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> MetaTensor:
+    return MetaTensor(torch.as_tensor(data, dtype=torch.float32)[None], affine=torch.as_tensor(ras_affine(spacing)))
+
+
+def circle_slab(spacing_x: float, spacing_y: float, centre_mm: tuple[float, float], radius_mm: float) -> MetaTensor:
+    """100 mm x 100 mm x 4 slices, a disc of ``radius_mm`` at ``centre_mm`` from the first voxel, in every slice."""
+    n_x, n_y = round(100 / spacing_x), round(100 / spacing_y)
+    x_mm, y_mm = np.meshgrid(np.arange(n_x) * spacing_x, np.arange(n_y) * spacing_y, indexing="ij")
+    disc = (x_mm - centre_mm[0]) ** 2 + (y_mm - centre_mm[1]) ** 2 < radius_mm**2
+    return volume(np.repeat(disc[..., None], 4, axis=2).astype(np.float32), (spacing_x, spacing_y, 3.0))
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "PIR", "ASL", "LIA"])
+def test_pipeline_same_for_any_stored_orientation(tmp_path, axcodes):
+    arrays, affine = head((40, 48, 36), (1.1, 0.9, 4.5), top=33), ras_affine((1.1, 0.9, 4.5))
+    pipeline = Compose(
+        [
+            CropCranioCaudald(KEYS, source_key="image"),
+            NormalizeIntensityd("image", nonzero=True),
+            SelectPercentileSlicesd("image", size=64),
+        ]
+    )
+    expected = pipeline(load(tmp_path, arrays, affine))
+    result = pipeline(load(tmp_path, arrays, affine, axcodes))
+    assert result["image"].shape == (7, 64, 64)
+    assert torch.allclose(result["image"], expected["image"], atol=1e-5)
+    assert torch.allclose(result["image"].affine, expected["image"].affine, atol=1e-5)
+    assert torch.equal(result["brain_mask"], expected["brain_mask"])
+    assert torch.allclose(result["brain_mask"].affine, expected["brain_mask"].affine, atol=1e-5)
+
+
+@pytest.mark.parametrize(("depth", "top", "start"), [(80, 70, 15), (36, 30, 0)])  # 200 mm: 56 x 2.5 mm kept; 90 mm
+def test_crop_keeps_top_140_mm_and_crops_mask_identically(tmp_path, depth, top, start):
+    arrays = head((40, 48, depth), SPACING, top=top)
+    data = load(tmp_path, arrays, ras_affine(SPACING))
+    cropped = CropCranioCaudald(KEYS, source_key="image", extent_mm=140.0)(data)
+    slab = slice(start, top + 1)
+    for key in KEYS:
+        assert torch.equal(cropped[key].as_tensor(), data[key].as_tensor()[..., slab])
+        assert cropped[key].affine[2, 3] == pytest.approx(float(data[key].affine[2, 3]) + start * SPACING[2])
+
+
+def test_crop_ignores_noise_above_the_head():
+    data = head((40, 48, 80), SPACING, top=70)["image"]
+    data[5, 5, 78] = 500.0
+    assert CropCranioCaudal().compute_slab(volume(data, SPACING)) == slice(15, 71)
+
+
+@pytest.mark.parametrize("percentiles", [(20, 30, 40, 50, 60, 70, 80), (0, 12.5, 100)])
+def test_slices_at_percentile_positions(tmp_path, percentiles):
+    n_z = 36
+    ramp = np.broadcast_to(np.arange(1, n_z + 1, dtype=np.float32), (20, 20, n_z)).copy()
+    data = load(tmp_path, {"image": ramp}, ras_affine((1.5, 1.5, 2.0)))
+    slices = SelectPercentileSlices(percentiles, size=16, fov_mm=None)(data["image"])
+    expected = 1 + torch.tensor(percentiles, dtype=torch.float32) / 100 * (n_z - 1)
+    assert torch.allclose(slices, expected[:, None, None].expand(-1, 16, 16), atol=1e-5)
+
+
+@pytest.mark.parametrize(("spacing_x", "spacing_y"), [(1.0, 2.0), (1.25, 0.5)])
+def test_resampling_keeps_aspect_and_centres_foreground(spacing_x, spacing_y):
+    slab = circle_slab(spacing_x, spacing_y, centre_mm=(60.0, 40.0), radius_mm=30.0)
+    slices = SelectPercentileSlices(size=60, fov_mm=120.0)(slab)
+    disc = slices[3] > 0.5
+    rows, cols = torch.nonzero(disc).double().T
+    assert slices.shape == (7, 60, 60)
+    assert disc.any(1).sum() == pytest.approx(30, abs=1) and disc.any(0).sum() == pytest.approx(30, abs=1)
+    assert rows.mean() == pytest.approx(29.5, abs=0.5) and cols.mean() == pytest.approx(29.5, abs=0.5)
+    assert slices.pixdim.tolist() == pytest.approx([2.0, 2.0])
+    world_centre = slices.affine.double() @ torch.tensor([29.5, 29.5, 1.0], dtype=torch.float64)
+    assert world_centre[:2].tolist() == pytest.approx([60.0 - 20.0, 40.0 - 25.0], abs=1.0)
+
+
+def test_centres_z_scored_skull_stripped_brain():
+    arrays = head((40, 48, 36), SPACING, top=33)
+    brain = SkullStrip()(volume(arrays["image"], SPACING), volume(arrays["brain_mask"], SPACING))
+    slices = SelectPercentileSlices(size=64, fov_mm=128.0)(NormalizeIntensity(nonzero=True)(brain))
+    world_centre = slices.affine.double() @ torch.tensor([31.5, 31.5, 1.0], dtype=torch.float64)
+    assert world_centre[:2].tolist() == pytest.approx([-20.0 + 20 * SPACING[0], -25.0 + 24 * SPACING[1]], abs=0.5)
+
+
+def test_full_extent_padded_to_square_keeps_aspect():
+    slab = circle_slab(1.0, 2.0, centre_mm=(30.0, 70.0), radius_mm=20.0)
+    slab = slab[:, :, 10:]  # 100 mm x 80 mm: padded to 100 mm x 100 mm
+    disc = SelectPercentileSlices(size=50, fov_mm=None)(slab)[0] > 0.5
+    assert disc.any(1).sum() == pytest.approx(20, abs=1) and disc.any(0).sum() == pytest.approx(20, abs=1)
+
+
+def test_skull_strip_zeros_outside_mask_and_keeps_inside():
+    image = volume(np.random.default_rng(0).uniform(1, 2, (6, 6, 6)))
+    mask = volume((np.arange(6)[:, None, None] < 3) * np.ones((6, 6, 6)))
+    stripped = SkullStrip()(image, mask)
+    assert torch.equal(stripped[:, :3], image[:, :3]) and not stripped[:, 3:].any()
+
+
+def test_skull_strip_shape_mismatch():
+    with pytest.raises(ValueError, match=r"image shape \(1, 6, 6, 6\) and brain mask shape \(1, 6, 6, 5\) differ"):
+        SkullStrip()(volume(np.ones((6, 6, 6))), volume(np.ones((6, 6, 5))))
+
+
+def test_skull_strip_affine_mismatch():
+    with pytest.raises(ValueError, match="image affine .* and brain mask affine .* differ"):
+        SkullStrip()(volume(np.ones((6, 6, 6))), volume(np.ones((6, 6, 6)), (2.0, 1.0, 1.0)))
+
+
+def test_skull_strip_needs_mask():
+    with pytest.raises(ValueError, match=r"SkullStrip\(backend='mask'\) needs a brain mask"):
+        SkullStripd("image")({"image": volume(np.ones((6, 6, 6)))})
+
+
+BAD_ARGUMENTS = [
+    (CropCranioCaudal, {"extent_mm": 0}, ValueError, "extent_mm must be positive and finite, got 0"),
+    (CropCranioCaudal, {"extent_mm": float("inf")}, ValueError, "extent_mm must be positive and finite, got inf"),
+    (CropCranioCaudal, {"extent_mm": "140"}, TypeError, "extent_mm must be a number, got '140'"),
+    (CropCranioCaudal, {"threshold": "mean"}, ValueError, "threshold must be 'otsu' or an intensity, got 'mean'"),
+    (CropCranioCaudal, {"threshold": None}, TypeError, "threshold must be 'otsu' or a number, got None"),
+    (SelectPercentileSlices, {"percentiles": (20, 120)}, ValueError, r"must lie in \[0, 100\], got 120"),
+    (SelectPercentileSlices, {"percentiles": (-5, 50)}, ValueError, r"must lie in \[0, 100\], got -5"),
+    (SelectPercentileSlices, {"percentiles": ()}, TypeError, "percentiles must be a non-empty sequence"),
+    (SelectPercentileSlices, {"percentiles": 50}, TypeError, "percentiles must be a non-empty sequence"),
+    (SelectPercentileSlices, {"percentiles": ("20",)}, TypeError, "percentiles must be numbers, got '20'"),
+    (SelectPercentileSlices, {"size": 0}, ValueError, "size must be positive and finite, got 0"),
+    (SelectPercentileSlices, {"size": 128.0}, TypeError, "size must be an int, got 128.0"),
+    (SelectPercentileSlices, {"fov_mm": -240.0}, ValueError, "fov_mm must be positive and finite, got -240.0"),
+    (SelectPercentileSlices, {"fov_mm": "240"}, TypeError, "fov_mm must be a number, got '240'"),
+    (SelectPercentileSlices, {"threshold": "mean"}, ValueError, "threshold must be 'otsu' or an intensity"),
+    (SkullStrip, {"backend": "hd-bet"}, ValueError, r"backend must be one of \('mask',\), got 'hd-bet'"),
+]
+
+
+@pytest.mark.parametrize(("transform", "kwargs", "error", "match"), BAD_ARGUMENTS)
+def test_bad_argument(transform, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        transform(**kwargs)
+
+
+BAD_VOLUMES = [
+    (torch.ones(1, 8, 8, 8), TypeError, "needs a MetaTensor with an affine"),
+    (MetaTensor(torch.ones(8, 8, 8)), ValueError, r"shape \(1, X, Y, Z\), got \(8, 8, 8\)"),
+    (MetaTensor(torch.ones(2, 8, 8, 8)), ValueError, r"shape \(1, X, Y, Z\), got \(2, 8, 8, 8\)"),
+    (MetaTensor(torch.ones(1, 8, 8, 8), affine=torch.diag(torch.tensor([-1.0, -1, 1, 1]))), ValueError, "got LPS"),
+    (volume(np.zeros((8, 8, 8))), ValueError, "found no foreground above threshold 'otsu'"),
+]
+
+
+@pytest.mark.parametrize("transform", [CropCranioCaudal(), SelectPercentileSlices()])
+@pytest.mark.parametrize(("img", "error", "match"), BAD_VOLUMES)
+def test_bad_volume(transform, img, error, match):
+    with pytest.raises(error, match=match):
+        transform(img)
+
+
+def test_too_few_slices():
+    with pytest.raises(ValueError, match="volume has 1 slices along the cranio-caudal axis; at least 2 needed"):
+        SelectPercentileSlices()(volume(np.ones((8, 8, 1))))
+
+
+def test_dictionary_matches_array():
+    data = {key: volume(array, SPACING) for key, array in head((40, 48, 80), SPACING, top=70).items()}
+    cropped = CropCranioCaudald(KEYS, source_key="image")(data)
+    stripped = SkullStripd("image")(cropped)
+    selected = SelectPercentileSlicesd("image", size=32)(stripped)
+    slab = CropCranioCaudal().compute_slab(data["image"])
+    assert torch.equal(cropped["image"], CropCranioCaudal()(data["image"]))
+    assert torch.equal(cropped["brain_mask"], CropCranioCaudal.crop(data["brain_mask"], slab))
+    assert torch.equal(stripped["image"], SkullStrip()(cropped["image"], cropped["brain_mask"]))
+    assert torch.equal(selected["image"], SelectPercentileSlices(size=32)(stripped["image"]))
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [CropCranioCaudald(KEYS, source_key="image"), SelectPercentileSlicesd(KEYS, size=16), SkullStripd(["image", "t2"])],
+)
+def test_allow_missing_keys(transform):
+    data = {key: volume(array, SPACING) for key, array in head((20, 24, 20), SPACING, top=18).items()}
+    data = {"image": data["image"]} if "brain_mask" in transform.keys else data
+    with pytest.raises(KeyError, match="was missing in the data and allow_missing_keys==False"):
+        transform(data)
+    transform.allow_missing_keys = True
+    assert set(transform(data)) == set(data)
+
+
+def test_otsu_separates_two_classes():
+    values = torch.cat([torch.full((1000,), 5.0), torch.full((300,), 100.0)])
+    assert 5.0 < otsu_threshold(values) < 100.0
+
+
+def test_foreground_on_both_sides_of_a_zero_background():
+    img = torch.zeros(1, 10, 10)
+    img[0, 2:5, 2:5], img[0, 5:8, 5:8] = -1.5, 2.0
+    assert torch.equal(foreground_mask(img), img[0] != 0)
+    assert not foreground_mask(torch.full((1, 4, 4), 3.0)).any()
