@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["synth", "main"]
+__all__ = ["synth", "montage", "main"]
 
 
 def synth(
@@ -37,10 +37,28 @@ def synth(
     return str(synthesize(out, subjects, seed, workers, test_fraction, folds, voxel_scale, lesions))
 
 
+def montage(datalist: str, out: str, subjects: int = 2, split: str = "testing", fraction: float = 0.55) -> str:
+    """Save a PNG of an axial slice per subject (rows) and sequence (columns) of a datalist.
+
+    Args:
+        datalist: datalist JSON written by ``synth``.
+        out: PNG file.
+        subjects: number of subjects shown.
+        split: ``training`` or ``testing``.
+        fraction: cranio-caudal position of the slice (0 bottom, 1 top of each volume).
+
+    Returns:
+        Path of the PNG.
+    """
+    from .visualize import datalist_montage
+
+    return str(datalist_montage(datalist, out, subjects, split, fraction))
+
+
 def main() -> None:
     import fire
 
-    fire.Fire({"synth": synth}, name="python -m sarf_bundle")
+    fire.Fire({"synth": synth, "montage": montage}, name="python -m sarf_bundle")
 
 
 if __name__ == "__main__":

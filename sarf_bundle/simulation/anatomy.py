@@ -270,7 +270,7 @@ def _susceptibility_field(chi: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         kernel = 1.0 / 3.0 - np.where(k2 > 0, k[2] ** 2 / k2, 0.0)
     kernel[0, 0, 0] = 0.0
-    return np.fft.irfftn(np.fft.rfftn(chi - chi.mean()) * kernel, s=chi.shape).astype(np.float32)
+    return np.fft.irfftn(np.fft.rfftn(chi - chi.mean()) * kernel, s=chi.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def build_head(rng: np.random.Generator, lesions: bool = True) -> HeadModel:

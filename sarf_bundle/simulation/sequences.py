@@ -131,7 +131,7 @@ def sample_protocol(
     elif sequence == "FLAIR":
         if rng.random() < 0.3:
             geometry = dict(three_d=True, orientation="sagittal", pixel_mm=u(0.9, 1.1), slice_mm=u(0.9, 1.3), coverage_mm=u(165, 200), recon_factor=1)
-            timing = dict(tr=5000.0, te=u(100, 140))
+            timing = dict(tr=u(5000, 6500), te=u(130, 170))
         else:
             geometry = dict(two_d, orientation="axial", pixel_mm=u(0.7, 1.0), coverage_mm=u(135, 165))
             timing = dict(tr=u(7000, 11000), te=u(80, 140))
