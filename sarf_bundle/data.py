@@ -1,0 +1,161 @@
+"""Data plumbing between volumes and the 2D network: datalists, slice batches, volume predictions.
+
+A volume enters the network as its 7 percentile slices, stacked on the channel axis by
+:class:`~sarf_bundle.transforms.SelectPercentileSlicesd` (``(7, H, W)``). :class:`SliceBatch` turns a
+batch of volumes into a batch of single-channel slices, each carrying its volume's label;
+:class:`VolumeOutput` averages the slice probabilities of each volume back into one probability
+vector (paper, section 3.3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.data import Dataset
+from monai.engines import PrepareBatch
+from monai.utils import CommonKeys
+
+__all__ = ["InferenceDataset", "SliceBatch", "VolumeOutput", "load_datalist", "list_volumes", "VOLUME_SUFFIXES"]
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+FILE_KEYS = ("image", "brain_mask")
+
+
+def load_datalist(
+    path: str | Path, split: str, folds: Sequence[int] | None = None, exclude_folds: Sequence[int] | None = None
+) -> list[dict]:
+    """Entries of one split of a datalist, with file paths made absolute (relative to the datalist).
+
+    Args:
+        path: datalist JSON (``training`` entries carry a ``fold``; ``testing`` is a separate split).
+        split: ``training`` or ``testing``.
+        folds: keep only these folds (validation: ``[k]``).
+        exclude_folds: drop these folds (training: ``[k]``).
+
+    Returns:
+        The entries, in file order.
+
+    Raises:
+        FileNotFoundError: if the datalist does not exist.
+        KeyError: if the split is missing, naming the splits that exist.
+        ValueError: if the selection is empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Datalist {path} does not exist; create one with `python -m sarf_bundle synth --out DIR`.")
+    content = json.loads(path.read_text())
+    if split not in content:
+        raise KeyError(f"Datalist {path} has no split {split!r}; it has {sorted(k for k, v in content.items() if isinstance(v, list))}.")
+    entries = []
+    for entry in content[split]:
+        if folds is not None and entry.get("fold") not in folds:
+            continue
+        if exclude_folds is not None and entry.get("fold") in exclude_folds:
+            continue
+        entries.append({k: (str(path.parent / v) if k in FILE_KEYS else v) for k, v in entry.items()})
+    if not entries:
+        raise ValueError(f"Datalist {path}: split {split!r} with folds={folds}, exclude_folds={exclude_folds} is empty.")
+    return entries
+
+
+def list_volumes(folder: str | Path, done: Sequence[str] = ()) -> list[dict]:
+    """One ``{"image": path}`` entry per NIfTI file in a folder, sorted, skipping brain masks.
+
+    Args:
+        folder: the input folder.
+        done: files to skip (already in the output of an interrupted run).
+
+    Raises:
+        FileNotFoundError: if the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Input folder {folder} does not exist.")
+    skip = set(done)
+    files = sorted(
+        str(p) for p in folder.iterdir() if p.name.endswith(VOLUME_SUFFIXES) and "_brainmask.nii" not in p.name
+    )
+    return [{"image": f} for f in files if f not in skip]
+
+
+class InferenceDataset(Dataset):
+    """A dataset that never fails on a bad file: the item gets ``status="error"`` and a ``message``.
+
+    Every item carries ``filename`` (its source file), ``status`` (``ok`` or ``error``) and
+    ``message``; the image is a plain tensor (a zero placeholder of ``placeholder_shape`` when the
+    preprocessing failed), so good and bad items collate into one batch.
+
+    Args:
+        data: ``{"image": path}`` entries.
+        transform: the preprocessing.
+        placeholder_shape: shape of a preprocessed image, ``(n_slices, size, size)``.
+    """
+
+    def __init__(self, data: Sequence[dict], transform, placeholder_shape: Sequence[int]) -> None:
+        super().__init__(data, transform)
+        self.placeholder_shape = tuple(placeholder_shape)
+
+    def _transform(self, index: int) -> dict:
+        source = self.data[index]["image"]
+        try:
+            item = super()._transform(index)
+            image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
+            return {"image": image, "filename": source, "status": "ok", "message": ""}
+        except Exception as error:  # a bad file must not stop the run: record it in its row
+            cause = error.__cause__ or error
+            message = f"{type(cause).__name__}: {cause}".replace("\n", " ")
+            return {"image": torch.zeros(self.placeholder_shape), "filename": source, "status": "error", "message": message}
+
+
+class SliceBatch(PrepareBatch):
+    """Prepare a batch of volumes ``(B, S, H, W)`` as ``B*S`` single-channel slices with their labels.
+
+    Each volume's ``S`` slices follow each other, so slice ``b*S + s`` belongs to volume ``b``.
+    Labels of shape ``(B,)`` or ``(B, 1)`` are repeated per slice as ``(B*S,)`` long integers;
+    a batch without labels (inference) gives ``None`` targets.
+
+    Example:
+        >>> batch = {"image": torch.zeros(2, 7, 32, 32), "label": torch.tensor([3, 1])}
+        >>> x, y = SliceBatch()(batch)
+        >>> x.shape, y.tolist()
+        (torch.Size([14, 1, 32, 32]), [3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1])
+    """
+
+    def __call__(
+        self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images = batchdata[CommonKeys.IMAGE]
+        if images.ndim != 4:
+            raise ValueError(f"SliceBatch expects images of shape (B, S, H, W), got {tuple(images.shape)}.")
+        n_slices = images.shape[1]
+        images = images.reshape(-1, 1, *images.shape[2:]).to(device=device, non_blocking=non_blocking)
+        labels = batchdata.get(CommonKeys.LABEL)
+        if labels is not None:
+            labels = torch.as_tensor(labels).reshape(-1).long().repeat_interleave(n_slices).to(device=device, non_blocking=non_blocking)
+        return images, labels
+
+
+class VolumeOutput:
+    """Ignite ``output_transform``: slice logits and labels of a batch to volume probabilities and labels.
+
+    The probability of a volume is the mean of the softmax of its slices (paper, section 3.3).
+
+    Args:
+        n_slices: slices per volume.
+        one_hot: return labels one-hot ``(B, K)`` (MONAI metrics) instead of ``(B,)`` (Ignite metrics).
+    """
+
+    def __init__(self, n_slices: int = 7, one_hot: bool = False) -> None:
+        self.n_slices = n_slices
+        self.one_hot = one_hot
+
+    def __call__(self, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = output[CommonKeys.PRED]
+        probs = torch.softmax(logits.float(), dim=1).reshape(-1, self.n_slices, logits.shape[1]).mean(dim=1)
+        labels = output[CommonKeys.LABEL].reshape(-1, self.n_slices)[:, 0]
+        if self.one_hot:
+            labels = torch.nn.functional.one_hot(labels, logits.shape[1])
+        return probs, labels

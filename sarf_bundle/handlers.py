@@ -1,0 +1,210 @@
+"""Ignite handlers of the bundle: SaRF loss terms in the logs, evaluation reports, the inference CSV.
+
+All files are written atomically (a temporary file in the same folder, then renamed), so an
+interrupted run never leaves a half-written report or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from . import SEQUENCES
+from .data import VolumeOutput
+from .metrics import classification_metrics
+
+__all__ = [
+    "LossTermsLogger",
+    "ClassificationReport",
+    "PredictionWriter",
+    "atomic_write_text",
+    "latest_checkpoint",
+    "read_prediction_csv",
+]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(folder: str | Path, prefix: str = "latest") -> str | None:
+    """The newest ``<prefix>_checkpoint_epoch=N.pt`` in a folder (the trainer's resumable state), or None."""
+    found = sorted(Path(folder).glob(f"{prefix}_checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
+    return str(found[-1]) if found else None
+
+
+def _filenames(batch: dict, n: int) -> list[str]:
+    """Source file of each volume of a batch: its ``filename`` key, else the image's metadata."""
+    names = batch.get("filename")
+    if names is None:
+        names = (getattr(batch.get("image"), "meta", None) or {}).get("filename_or_obj", [""] * n)
+    return [str(x) for x in (names if isinstance(names, (list, tuple)) else [names])]
+
+
+class LossTermsLogger:
+    """Put the epoch means of the separate SaRF loss terms into ``engine.state.metrics``.
+
+    Attach it before ``StatsHandler`` / ``TensorBoardStatsHandler`` so they log ``train_base``
+    (cross-entropy or focal), ``train_sd`` (L_sd), ``train_sf`` (L_sf) and ``train_total``.
+
+    Args:
+        loss: the loss module; after each call it exposes ``last_terms`` (see ``SaRFLoss``).
+        prefix: prefix of the metric names.
+    """
+
+    def __init__(self, loss: torch.nn.Module, prefix: str = "train_") -> None:
+        self.loss = loss
+        self.prefix = prefix
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums.clear()
+        self._count = 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        for name, value in getattr(self.loss, "last_terms", {}).items():
+            self._sums[name] += value
+        self._count += 1
+
+    def _publish(self, engine: Engine) -> None:
+        for name, total in self._sums.items():
+            engine.state.metrics[f"{self.prefix}{name}"] = total / max(self._count, 1)
+
+
+class ClassificationReport:
+    """Collect volume predictions during an evaluation and write its metrics and predictions.
+
+    Writes, into ``output_dir``: ``metrics.json`` (see :func:`classification_metrics`),
+    ``predictions.csv`` (one row per volume: file, label, prediction, probabilities) and
+    ``confusion_matrix.csv``. The headline numbers also go to ``engine.state.metrics``.
+
+    Args:
+        output_dir: folder for the files.
+        n_slices: slices per volume.
+        class_names: class names in index order.
+        n_bins: bins of the expected calibration error.
+    """
+
+    def __init__(self, output_dir: str | Path, n_slices: int = 7, class_names: Sequence[str] = SEQUENCES, n_bins: int = 15) -> None:
+        self.output_dir = Path(output_dir)
+        self.volume_output = VolumeOutput(n_slices)
+        self.class_names = list(class_names)
+        self.n_bins = n_bins
+        self._rows: list[tuple[str, int, np.ndarray]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        probs, labels = self.volume_output(engine.state.output)
+        names = _filenames(engine.state.batch, len(labels))
+        self._rows.extend(zip(names, labels.tolist(), probs.detach().cpu().numpy()))
+
+    def _write(self, engine: Engine) -> None:
+        probs = np.stack([r[2] for r in self._rows])
+        labels = np.array([r[1] for r in self._rows])
+        report = classification_metrics(probs, labels, self.class_names, self.n_bins)
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(report, indent=1))
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["file", "label", "predicted", *[f"p_{c}" for c in self.class_names]])
+        for name, label, p in self._rows:
+            writer.writerow([name, self.class_names[label], self.class_names[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+        atomic_write_text(self.output_dir / "predictions.csv", table.getvalue())
+        matrix = io.StringIO()
+        writer = csv.writer(matrix)
+        writer.writerow(["true \\ predicted", *self.class_names])
+        for name, row in zip(self.class_names, report["confusion_matrix"]):
+            writer.writerow([name, *row])
+        atomic_write_text(self.output_dir / "confusion_matrix.csv", matrix.getvalue())
+        engine.state.metrics.update(
+            {
+                "test_accuracy": report["accuracy"],
+                "test_mean_auc": report["multiclass"]["mean"]["auc"],
+                "test_mean_f1": report["multiclass"]["mean"]["f1"],
+                "test_ece": report["ece"],
+            }
+        )
+
+
+def read_prediction_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of an inference CSV (empty when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class PredictionWriter:
+    """Write one CSV row per input volume during inference, atomically after every batch.
+
+    Columns: ``file, sequence, p_<class>..., confidence, status, message``. ``status`` is ``ok``,
+    ``uncertain`` (confidence below ``confidence_threshold``) or ``error`` (the input could not be
+    preprocessed; ``message`` says why and ``sequence`` is empty). Rows already in the CSV (from an
+    interrupted run) are kept, so a restarted run only adds the missing files.
+
+    Args:
+        output_csv: the CSV file.
+        n_slices: slices per volume.
+        class_names: class names in index order.
+        confidence_threshold: below this top probability the status is ``uncertain``.
+    """
+
+    def __init__(self, output_csv: str | Path, n_slices: int = 7, class_names: Sequence[str] = SEQUENCES, confidence_threshold: float = 0.0) -> None:
+        self.output_csv = Path(output_csv)
+        self.n_slices = n_slices
+        self.class_names = list(class_names)
+        self.confidence_threshold = confidence_threshold
+        self.columns = ["file", "sequence", *[f"p_{c}" for c in self.class_names], "confidence", "status", "message"]
+        self._rows: list[dict[str, str]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._load)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._append)
+
+    def _load(self, engine: Engine) -> None:
+        self._rows = read_prediction_csv(self.output_csv)
+
+    def _append(self, engine: Engine) -> None:
+        logits = engine.state.output["pred"]
+        probs = torch.softmax(logits.float(), 1).reshape(-1, self.n_slices, logits.shape[1]).mean(1).cpu().numpy()
+        batch = engine.state.batch
+        names = _filenames(batch, len(probs))
+        statuses = batch.get("status", ["ok"] * len(probs))
+        messages = batch.get("message", [""] * len(probs))
+        for name, p, status, message in zip(names, probs, statuses, messages):
+            row = {"file": name, "confidence": "", "sequence": "", "status": status, "message": message}
+            if status != "error":
+                confidence = float(p.max())
+                row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(self.class_names, p)})
+                row.update(sequence=self.class_names[int(p.argmax())], confidence=f"{confidence:.6f}")
+                row["status"] = "uncertain" if confidence < self.confidence_threshold else "ok"
+            self._rows.append(row)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write_text(self.output_csv, table.getvalue())
