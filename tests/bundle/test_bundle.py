@@ -1,0 +1,114 @@
+"""The bundle end to end through its real configs: train, resume, evaluate, infer, export, verify."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+from sarf_bundle import SEQUENCES
+from sarf_bundle.demo import BUNDLE_ROOT, run_bundle
+from sarf_bundle.networks import SaliencyResNet
+
+CONFIGS = BUNDLE_ROOT / "configs"
+SMALL = dict(image_size=32, batch_size=4, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def trained(simulated_dataset, tmp_path_factory):
+    """A bundle root trained for 2 epochs through configs/train.json."""
+    root = tmp_path_factory.mktemp("bundle")
+    run_bundle("training", ["train.json"], bundle_root=str(root), dataset_dir=str(simulated_dataset.parent), epochs=2, **SMALL)
+    return root, simulated_dataset
+
+
+def test_training_writes_best_and_latest_checkpoints(trained):
+    root, _ = trained
+    assert (root / "models" / "model.pt").is_file()
+    assert (root / "models" / "latest_checkpoint_epoch=2.pt").is_file()
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    net = SaliencyResNet()
+    net.load_state_dict(state)
+    assert (root / "eval" / "tensorboard").is_dir()
+
+
+def test_training_resumes_from_latest_checkpoint(trained, tmp_path):
+    root, datalist = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(root / "models", resumed / "models")
+    run_bundle("training", ["train.json"], bundle_root=str(resumed), dataset_dir=str(datalist.parent), epochs=3, resume=True, **SMALL)
+    names = sorted(p.name for p in (resumed / "models").glob("latest_*.pt"))
+    assert names == ["latest_checkpoint_epoch=3.pt"]
+    state = torch.load(resumed / "models" / names[0], weights_only=True)
+    assert state["trainer"]["epoch"] == 3
+
+
+def test_evaluation_on_test_split(trained):
+    root, datalist = trained
+    run_bundle("run", ["train.json", "evaluate.json"], bundle_root=str(root), dataset_dir=str(datalist.parent), **SMALL)
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    n_test = len(json.loads(datalist.read_text())["testing"])
+    assert metrics["n_volumes"] == n_test
+    assert sum(map(sum, metrics["confusion_matrix"])) == n_test
+    assert set(metrics["multiclass"]) == {*SEQUENCES, "mean"}
+    with open(root / "eval" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_test and all(r["label"] in SEQUENCES for r in rows)
+
+
+def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path):
+    root, datalist = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    entries = json.loads(datalist.read_text())["testing"][:5]
+    for entry in entries:
+        shutil.copy(datalist.parent / entry["image"], inputs)
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    (inputs / "notes.txt").write_text("not an image")
+    out_csv = tmp_path / "predictions.csv"
+    overrides = dict(bundle_root=str(root), dataset_dir=str(inputs), output_csv=str(out_csv), image_size=32, num_workers=0, batch_size=2)
+    run_bundle("run", ["inference.json"], **overrides)
+    with open(out_csv) as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["file", "sequence", *[f"p_{c}" for c in SEQUENCES], "confidence", "status", "message"]
+    assert sorted(r["file"].split("/")[-1] for r in rows) == sorted([e["image"] for e in entries] + ["broken.nii.gz"])
+    broken = next(r for r in rows if r["file"].endswith("broken.nii.gz"))
+    assert broken["status"] == "error" and broken["message"] and broken["sequence"] == ""
+    for row in rows:
+        if row["status"] != "error":
+            probs = [float(row[f"p_{c}"]) for c in SEQUENCES]
+            assert abs(sum(probs) - 1) < 1e-4 and row["sequence"] == SEQUENCES[probs.index(max(probs))]
+    run_bundle("run", ["inference.json"], **overrides)
+    with open(out_csv) as f:
+        assert len(list(csv.DictReader(f))) == len(rows), "a restarted run added rows again"
+
+
+def test_export_and_network_verification(trained, tmp_path):
+    root, _ = trained
+    meta, config = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config)
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(root / "models" / "model.pt"), meta_file=meta, config_file=config)
+    exported = torch.jit.load(str(ts))
+    net = SaliencyResNet()
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(3, 1, 64, 64)
+    torch.testing.assert_close(exported(x), net(x))
+
+
+def test_metadata_verifies_offline():
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "metadata_schema.json"))
+
+
+def test_inference_preprocessing_is_training_preprocessing_without_stripping():
+    train = ConfigParser.load_config_file(CONFIGS / "train.json")["train"]["deterministic_transforms"]
+    infer = ConfigParser.load_config_file(CONFIGS / "inference.json")["preprocessing"]["transforms"]
+    dropped = {"sarf_bundle.transforms.SkullStripd", "DeleteItemsd"}
+    strip = lambda t: {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys")}  # noqa: E731
+    assert [strip(t) for t in train if t["_target_"] not in dropped] == [strip(t) for t in infer]
