@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 
 from sarf_bundle import SEQUENCES
 from sarf_bundle.demo import BUNDLE_ROOT, run_bundle
+from sarf_bundle.handlers import latest_checkpoint
 from sarf_bundle.networks import SaliencyResNet
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -40,11 +41,14 @@ def test_training_resumes_from_latest_checkpoint(trained, tmp_path):
     root, datalist = trained
     resumed = tmp_path / "resumed"
     shutil.copytree(root / "models", resumed / "models")
+    before = (resumed / "models" / "latest_checkpoint_epoch=2.pt").stat().st_mtime_ns
     run_bundle("training", ["train.json"], bundle_root=str(resumed), dataset_dir=str(datalist.parent), epochs=3, resume=True, **SMALL)
-    names = sorted(p.name for p in (resumed / "models").glob("latest_*.pt"))
-    assert names == ["latest_checkpoint_epoch=3.pt"]
-    state = torch.load(resumed / "models" / names[0], weights_only=True)
-    assert state["trainer"]["epoch"] == 3
+    latest = latest_checkpoint(resumed / "models")
+    assert latest.endswith("latest_checkpoint_epoch=3.pt")
+    trainer = torch.load(latest, weights_only=True)["trainer"]
+    assert trainer["iteration"] == 3 * trainer["epoch_length"]
+    # Epochs 1 and 2 were not run again: their checkpoint was never rewritten.
+    assert (resumed / "models" / "latest_checkpoint_epoch=2.pt").stat().st_mtime_ns == before
 
 
 def test_evaluation_on_test_split(trained):
