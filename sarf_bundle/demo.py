@@ -15,7 +15,7 @@ from monai.bundle import run
 
 from .simulation.dataset import synthesize
 
-__all__ = ["BUNDLE_ROOT", "METHODS", "run_demo", "run_bundle"]
+__all__ = ["BUNDLE_ROOT", "METHODS", "print_summary", "run_demo", "run_bundle"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 """The bundle folder (``configs/``, ``models/``, ``docs/``) this package belongs to."""
@@ -46,8 +46,8 @@ def run_demo(
     learning_rate: float = 1e-4,
     workers: int = 2,
     seed: int = 0,
-) -> dict:
-    """Run the whole demo and return its summary (also written to ``<out>/summary.json``).
+) -> str:
+    """Run the whole demo, print its report and return the path of ``<out>/summary.json``.
 
     Args:
         out: output folder.
@@ -111,4 +111,20 @@ def run_demo(
         },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    print_summary(summary)
+    return str(out / "summary.json")
+
+
+def print_summary(summary: dict) -> None:
+    """Print the demo's test metrics, timings and output paths."""
+    print("\nTest set (whole-head volumes, never skull-stripped), volume level:")
+    print(f"{'method':10s} {'accuracy':>9s} {'mean AUC':>9s} {'mean F1':>8s} {'OvR@0.5 acc':>12s} {'OvR@0.5 F1':>11s} {'ECE':>6s}")
+    for method, m in summary["test"].items():
+        print(
+            f"{method:10s} {m['accuracy']:9.3f} {m['mean_auc']:9.3f} {m['mean_f1']:8.3f} "
+            f"{m['ovr_threshold_mean_accuracy']:12.3f} {m['ovr_threshold_mean_f1']:11.3f} {m['ece']:6.3f}"
+        )
+    print("\nSeconds:", ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+    print("\nWritten:")
+    for name, path in summary["outputs"].items():
+        print(f"  {name:18s} {path}")
