@@ -1,3 +1,4 @@
 from sarf_bundle.cli import main
 
-main()
+if __name__ == "__main__":  # the guard lets spawned worker processes (HD-BET's, the skullstrip command's) import this
+    main()

@@ -2,21 +2,25 @@
 
 The paper (You, Wiest, Reyes, CMPB 2023, section 3.2) crops every volume to about 140 mm in the
 cranio-caudal direction, z-scores it, and selects 7 axial slices at percentiles 20, 30, ..., 80 of the
-cranio-caudal extent; training volumes are skull-stripped. Each step is an array transform with a
-dictionary twin ``<Name>d``, following MONAI's conventions. The order, after ``LoadImaged`` and
-``EnsureChannelFirstd``::
+cranio-caudal extent; training volumes are skull-stripped with HD-BET. Each step is an array transform with
+a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
 
+    BrainMaskd("image", mask_key="brain_mask", backend="hd-bet")     # training and validation only: mask file
+    LoadImaged(["image", "brain_mask"]), EnsureChannelFirstd(["image", "brain_mask"])
     Orientationd(["image", "brain_mask"], axcodes="RAS")
     CropCranioCaudald(["image", "brain_mask"], source_key="image")  # slab found on the whole head
     SkullStripd("image", mask_key="brain_mask")                      # training and validation only
     NormalizeIntensityd("image", nonzero=True)                       # z-score per volume
     SelectPercentileSlicesd("image")                                 # (7, 128, 128)
 
+The brain mask is computed from the image file (once, then read from a disk cache, see
+:mod:`sarf_bundle.skullstrip`) and loaded beside the image, so that orientation and crop treat both alike.
 Cropping before skull stripping puts the slab below the top of the head in training as at inference.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Literal
@@ -29,8 +33,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, MaskIntensity, SpatialCrop, Transform
 from monai.utils import MetaKeys, convert_to_tensor
 
+from .skullstrip import SKULL_STRIP_BACKENDS, SkullStripper
+
 __all__ = [
     "SKULL_STRIP_BACKENDS",
+    "BrainMask",
+    "BrainMaskd",
     "CropCranioCaudal",
     "CropCranioCaudald",
     "SelectPercentileSlices",
@@ -40,10 +48,6 @@ __all__ = [
     "foreground_mask",
     "otsu_threshold",
 ]
-
-SKULL_STRIP_BACKENDS: tuple[str, ...] = ("mask",)
-"""Skull-stripping backends: ``"mask"`` applies a brain mask given with the image."""
-
 
 def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     """Otsu's threshold: the intensity that maximises the between-class variance of the histogram.
@@ -363,34 +367,133 @@ class SelectPercentileSlicesd(MapTransform):
         return d
 
 
+class BrainMask(Transform):
+    """The brain-mask file of an image file, computed by a skull-stripping backend once and then read from a cache.
+
+    The mask is a NIfTI file on the image's voxel grid, in ``<cache_dir>/<backend>/``, keyed by the content of the
+    image file and the backend's settings (see :class:`~sarf_bundle.skullstrip.SkullStripper`), so a second epoch,
+    fold or run strips nothing. ``python -m sarf_bundle skullstrip`` fills the cache ahead of training.
+
+    Args:
+        backend: ``"hd-bet"`` (HD-BET 2.x; weights are a separate download) or ``"deepbet"`` (weights in its
+            wheel, works offline; trained on T1-weighted images).
+        cache_dir: the cache folder.
+        hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
+        hd_bet_tta: HD-BET's test-time augmentation.
+        device: where the backend runs; ``None`` for the first GPU if there is one.
+
+    Raises:
+        ValueError: ``backend`` is unknown or ``"mask"``; the image is not a readable 3D NIfTI file.
+        FileNotFoundError: HD-BET's weights (the message says how to get them) or the image are missing.
+
+    Example:
+        >>> mask_file = BrainMask(backend="deepbet", cache_dir="cache/skullstrip")("sub-0001_T1.nii.gz")
+    """
+
+    def __init__(
+        self,
+        backend: Literal["hd-bet", "deepbet"],
+        cache_dir: str | os.PathLike = "cache/skullstrip",
+        hd_bet_weights: str | os.PathLike | None = None,
+        hd_bet_tta: bool = False,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.stripper = SkullStripper(backend, cache_dir, hd_bet_weights, hd_bet_tta, device)
+
+    def __call__(self, filename: str | os.PathLike) -> str:
+        """Path of the brain-mask file of the image file ``filename``."""
+        if not isinstance(filename, (str, os.PathLike)):
+            raise TypeError(
+                f"{type(self).__name__} needs the image file path, got {type(filename).__name__}: "
+                "put it before LoadImage(d)"
+            )
+        return str(self.stripper(filename))
+
+
+class BrainMaskd(MapTransform):
+    """Dictionary-based :class:`BrainMask`: puts the brain-mask file of the image file in ``keys`` into ``mask_key``.
+
+    It comes before ``LoadImaged``, which then loads the mask beside the image. With ``backend="mask"`` the datalist
+    gives the mask file (the simulator writes one) and nothing is computed; the entry must have one.
+
+    Args:
+        keys: key of the image file, e.g. ``"image"`` (one key).
+        mask_key: key the brain-mask file goes to, e.g. ``"brain_mask"``.
+        backend: one of :data:`SKULL_STRIP_BACKENDS`: ``"mask"``, ``"hd-bet"`` or ``"deepbet"``.
+        cache_dir: the cache folder of computed masks.
+        hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
+        hd_bet_tta: HD-BET's test-time augmentation.
+        device: where the backend runs; ``None`` for the first GPU if there is one.
+        allow_missing_keys: don't raise an exception if the image key is missing.
+
+    Raises:
+        ValueError: ``backend`` is unknown; more than one key; with ``"mask"``, an entry without a mask file.
+        See also :class:`BrainMask`.
+
+    Example:
+        >>> to_mask = BrainMaskd("image", mask_key="brain_mask", backend="deepbet", cache_dir="cache/skullstrip")
+        >>> to_mask({"image": "sub-0001_T1.nii.gz"})["brain_mask"]
+        'cache/skullstrip/deepbet/3f1c...e9.nii.gz'
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "brain_mask",
+        backend: Literal["mask", "hd-bet", "deepbet"] = "mask",
+        cache_dir: str | os.PathLike = "cache/skullstrip",
+        hd_bet_weights: str | os.PathLike | None = None,
+        hd_bet_tta: bool = False,
+        device: str | torch.device | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"{type(self).__name__} takes one image key, got {self.keys}")
+        if backend not in SKULL_STRIP_BACKENDS:
+            raise ValueError(f"backend must be one of {SKULL_STRIP_BACKENDS}, got {backend!r}")
+        self.mask_key = mask_key
+        self.backend = backend
+        self.masker = None if backend == "mask" else BrainMask(backend, cache_dir, hd_bet_weights, hd_bet_tta, device)
+
+    def __call__(self, data: Mapping[Hashable, str]) -> dict[Hashable, str]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.masker is not None:
+                d[self.mask_key] = self.masker(d[key])
+            elif d.get(self.mask_key) is None:
+                raise ValueError(
+                    f"{d[key]} has no {self.mask_key!r} file: skull-strip backend 'mask' needs a brain mask per volume "
+                    "in the datalist; choose 'hd-bet' or 'deepbet' to compute one"
+                )
+        return d
+
+
 class SkullStrip(Transform):
     """Skull stripping: zero the image outside the brain (paper: HD-BET on training and validation volumes).
 
-    The ``"mask"`` backend applies a binary brain mask given with the image (same grid, mask > 0 is brain)
-    through MONAI's :class:`~monai.transforms.MaskIntensity`. Backends that compute the mask from the image
-    belong in :meth:`brain_mask`.
-
-    Args:
-        backend: one of :data:`SKULL_STRIP_BACKENDS`.
+    The binary brain mask (same grid, mask > 0 is brain) is given with the image: a file of the datalist or the
+    one :class:`BrainMask` computed. It is applied through MONAI's :class:`~monai.transforms.MaskIntensity`.
 
     Raises:
-        ValueError: ``backend`` is unknown; the mask is missing or its shape or affine differs from the image's.
+        ValueError: the mask is missing or its shape or affine differs from the image's.
 
     Example:
-        >>> strip = SkullStrip(backend="mask")
+        >>> strip = SkullStrip()
         >>> brain = strip(volume, brain_mask)  # (C, X, Y, Z), mask (1, X, Y, Z) -> (C, X, Y, Z)
     """
 
-    def __init__(self, backend: Literal["mask"] = "mask") -> None:
-        if backend not in SKULL_STRIP_BACKENDS:
-            raise ValueError(f"backend must be one of {SKULL_STRIP_BACKENDS}, got {backend!r}")
-        self.backend = backend
+    def __init__(self) -> None:
         self.masker = MaskIntensity()
 
-    def brain_mask(self, img: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
-        """The brain mask of ``img`` for this backend; ``"mask"`` checks and returns the ``given`` one."""
+    @staticmethod
+    def check_mask(img: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+        """Check that the ``given`` brain mask lies on the grid of ``img`` and return it."""
         if given is None:
-            raise ValueError(f"SkullStrip(backend={self.backend!r}) needs a brain mask on the image grid, got None")
+            raise ValueError(
+                "SkullStrip needs a brain mask on the image grid, got None: give a brain_mask file per volume "
+                "or compute one with BrainMaskd(backend='hd-bet' or 'deepbet')"
+            )
         if given.shape[1:] != img.shape[1:]:
             raise ValueError(
                 f"image shape {tuple(img.shape)} and brain mask shape {tuple(given.shape)} differ; "
@@ -406,7 +509,7 @@ class SkullStrip(Transform):
 
     def __call__(self, img: torch.Tensor, brain_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Zero ``img`` of shape ``(C, spatial...)`` outside the brain; the shape is kept."""
-        return self.masker(img, self.brain_mask(img, brain_mask))
+        return self.masker(img, self.check_mask(img, brain_mask))
 
 
 class SkullStripd(MapTransform):
@@ -415,7 +518,6 @@ class SkullStripd(MapTransform):
     Args:
         keys: keys of the images to strip, e.g. ``"image"``.
         mask_key: key of the brain mask, on the grid of every image in ``keys``.
-        backend: one of :data:`SKULL_STRIP_BACKENDS`.
         allow_missing_keys: don't raise an exception if a key in ``keys`` is missing.
 
     Raises:
@@ -426,16 +528,10 @@ class SkullStripd(MapTransform):
         >>> data = strip({"image": volume, "brain_mask": mask})
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: str = "brain_mask",
-        backend: Literal["mask"] = "mask",
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, mask_key: str = "brain_mask", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
-        self.stripper = SkullStrip(backend=backend)
+        self.stripper = SkullStrip()
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)

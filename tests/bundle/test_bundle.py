@@ -113,6 +113,6 @@ def test_metadata_verifies_offline():
 def test_inference_preprocessing_is_training_preprocessing_without_stripping():
     train = ConfigParser.load_config_file(CONFIGS / "train.json")["train"]["deterministic_transforms"]
     infer = ConfigParser.load_config_file(CONFIGS / "inference.json")["preprocessing"]["transforms"]
-    dropped = {"sarf_bundle.transforms.SkullStripd", "DeleteItemsd"}
+    dropped = {"sarf_bundle.transforms.BrainMaskd", "sarf_bundle.transforms.SkullStripd", "DeleteItemsd"}
     strip = lambda t: {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys")}  # noqa: E731
     assert [strip(t) for t in train if t["_target_"] not in dropped] == [strip(t) for t in infer]

@@ -18,6 +18,7 @@ from monai.transforms import (
 from nibabel.orientations import axcodes2ornt, ornt_transform
 
 from sarf_bundle.transforms import (
+    BrainMaskd,
     CropCranioCaudal,
     CropCranioCaudald,
     SelectPercentileSlices,
@@ -167,7 +168,7 @@ def test_skull_strip_affine_mismatch():
 
 
 def test_skull_strip_needs_mask():
-    with pytest.raises(ValueError, match=r"SkullStrip\(backend='mask'\) needs a brain mask"):
+    with pytest.raises(ValueError, match=r"SkullStrip needs a brain mask on the image grid, got None"):
         SkullStripd("image")({"image": volume(np.ones((6, 6, 6)))})
 
 
@@ -187,7 +188,7 @@ BAD_ARGUMENTS = [
     (SelectPercentileSlices, {"fov_mm": -240.0}, ValueError, "fov_mm must be positive and finite, got -240.0"),
     (SelectPercentileSlices, {"fov_mm": "240"}, TypeError, "fov_mm must be a number, got '240'"),
     (SelectPercentileSlices, {"threshold": "mean"}, ValueError, "threshold must be 'otsu' or an intensity"),
-    (SkullStrip, {"backend": "hd-bet"}, ValueError, r"backend must be one of \('mask',\), got 'hd-bet'"),
+    (BrainMaskd, {"keys": "image", "backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet', 'deepbet'\), got 'bet2'"),
 ]
 
 
