@@ -4,23 +4,43 @@
 - ``synth``: simulate whole-head brain MRI in six sequences, with brain masks and a datalist.
 - ``montage``: a PNG of an axial slice per subject and sequence of a datalist.
 - ``skullstrip``: skull-strip the training volumes of a datalist ahead of training (HD-BET or deepbet, cached).
+- ``crossval``: cross-validate one of the paper's methods (train every fold, test each on the held-out split).
+- ``sweep``: the paper's alpha x beta grid of cross-validations, in shards, and its heat maps.
+- ``report``: the paper's tables and figures for any set of cross-validated methods (Markdown, HTML, JSON).
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 __all__ = ["main"]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a command; ``argv`` (default: the process's arguments) as on the command line, without the program."""
     import fire
 
     from .demo import run_demo
+    from .experiments import crossval, sweep
+    from .report import report
     from .simulation.dataset import synthesize
     from .skullstrip import strip_datalist
     from .visualize import datalist_montage
 
-    commands = {"demo": run_demo, "synth": synthesize, "montage": datalist_montage, "skullstrip": strip_datalist}
-    fire.Fire(commands, name="python -m sarf_bundle")
+    commands = {
+        "demo": run_demo,
+        "synth": synthesize,
+        "montage": datalist_montage,
+        "skullstrip": strip_datalist,
+        "crossval": crossval,
+        "sweep": sweep,
+        "report": report,
+    }
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in args:  # fire would hand it to crossval's and sweep's config overrides
+        args = [a for a in args if a != "--help"] + ["--", "--help"]
+    fire.Fire(commands, command=args, name="python -m sarf_bundle")
 
 
 if __name__ == "__main__":

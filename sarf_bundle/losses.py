@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
+from .networks import SALIENCY_METHODS
+
 __all__ = ["SaRFLoss", "saliency_distinctiveness", "saliency_feature_consistency"]
 
 BASE_LOSSES = ("ce", "focal")
-SALIENCY_METHODS = ("dtd",)
 
 
 def saliency_distinctiveness(saliency: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -86,8 +87,12 @@ class SaRFLoss(_Loss):
     You, Wiest, Reyes, "SaRF: Saliency regularized feature learning improves MRI sequence
     classification", CMPB 2023. ``L_base`` is the cross-entropy (or, as a variant, the focal loss),
     ``L_sd`` is :func:`saliency_distinctiveness` (eq. 2) and ``L_sf`` is
-    :func:`saliency_feature_consistency` (eq. 3), on the class-specific DTD saliency vectors and
-    the penultimate feature of the network.
+    :func:`saliency_feature_consistency` (eq. 3), on the class-specific saliency vectors ``S_i`` and
+    the penultimate feature ``f`` of the network. The saliency is the paper's DTD
+    (:func:`sarf_bundle.networks.dtd_saliency`) or, as in its ablation (section 3.4), GradCAM at the
+    last residual block (:func:`sarf_bundle.networks.gradcam_saliency`): the block's features pooled
+    under each class's GradCAM map, a ``(B, K, 512)`` vector like DTD's, so that ``L_sd`` is the mean
+    ``|cos(S_i, S_j)|`` over class pairs and ``L_sf`` compares each ``S_i`` with ``f`` exactly as for DTD.
 
     Saliency and features are either passed to ``forward`` or taken from ``network``, a
     :class:`sarf_bundle.networks.SaliencyResNet` (possibly wrapped in ``DistributedDataParallel``)
@@ -105,7 +110,9 @@ class SaRFLoss(_Loss):
         base: ``"ce"`` for cross-entropy, ``"focal"`` for the multi-class focal loss.
         gamma: focusing parameter of the focal loss (``gamma = 0`` gives cross-entropy).
         network: the network whose latest forward pass provides saliency and features.
-        saliency: saliency method; ``"dtd"`` (Deep Taylor Decomposition at the last layer).
+        saliency: saliency method taken from ``network``: ``"dtd"`` (Deep Taylor Decomposition at the
+            last layer) or ``"gradcam"`` (GradCAM at the last residual block). Saliency passed to
+            ``forward`` is used as given.
 
     Raises:
         ValueError: when ``alpha``, ``beta`` or ``gamma`` is negative, or ``base`` or ``saliency`` is unknown.
@@ -127,7 +134,7 @@ class SaRFLoss(_Loss):
         base: Literal["ce", "focal"] = "ce",
         gamma: float = 2.0,
         network: nn.Module | None = None,
-        saliency: Literal["dtd"] = "dtd",
+        saliency: Literal["dtd", "gradcam"] = "dtd",
     ) -> None:
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -207,7 +214,7 @@ class SaRFLoss(_Loss):
             raise ValueError("Pass both saliency and features to SaRFLoss, or neither.")
         required = self.alpha > 0 or self.beta > 0
         if saliency is None and self.network is not None:
-            saliency, features = getattr(self.network, "module", self.network).saliency_and_features()
+            saliency, features = getattr(self.network, "module", self.network).saliency_and_features(self.saliency_method)
         if saliency is None:
             if required:
                 raise RuntimeError(

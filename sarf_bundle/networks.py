@@ -1,18 +1,26 @@
-"""The SaRF classifier: a MONAI ResNet18 that exposes its penultimate feature and its DTD saliency.
+"""The SaRF classifier: a MONAI ResNet18 that exposes its penultimate feature and its class saliency.
 
 You, Wiest, Reyes, "SaRF: Saliency regularized feature learning improves MRI sequence
-classification", Computer Methods and Programs in Biomedicine, 2023, section 2.2.
+classification", Computer Methods and Programs in Biomedicine, 2023, sections 2.2 and 3.4. The
+saliency is the paper's Deep Taylor Decomposition (:func:`dtd_saliency`) or, as the paper's
+ablation, GradCAM (:func:`gradcam_saliency`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
-__all__ = ["SaliencyResNet", "dtd_saliency"]
+__all__ = ["SaliencyResNet", "dtd_saliency", "gradcam_saliency", "SALIENCY_METHODS"]
+
+SALIENCY_METHODS = ("dtd", "gradcam")
+"""Saliency methods of :meth:`SaliencyResNet.saliency_and_features` and :class:`sarf_bundle.losses.SaRFLoss`."""
 
 
 def dtd_saliency(features: torch.Tensor, weight: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -53,18 +61,79 @@ def dtd_saliency(features: torch.Tensor, weight: torch.Tensor, eps: float = 1e-9
     return contributions / (contributions.sum(dim=-1, keepdim=True) + eps)
 
 
+def gradcam_saliency(activation: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Class-specific GradCAM saliency vectors at the last residual block, for all classes at once.
+
+    Selvaraju et al., "Grad-CAM: Visual explanations from deep networks via gradient-based
+    localization", ICCV 2017; used as the alternative saliency of SaRF in the SaRF paper, section 3.4.
+    With ``A`` the activation of the last block (``(B, C, *spatial)``, ``N`` positions), ``Y_i`` the
+    logit of class ``i`` computed from it by ``head``, and means taken over the ``N`` positions:
+
+    1. GradCAM channel weights ``a_i[c] = mean_x dY_i/dA[c, x]``.
+    2. GradCAM map ``M_i[x] = relu(sum_c a_i[c] * A[c, x])``.
+    3. Saliency vector ``S_i[c] = mean_x M_i[x] * A[c, x]``: the last block's features pooled under
+       the GradCAM map of class ``i``.
+
+    ``S_i`` lives in the space of the pooled feature ``f[c] = mean_x A[c, x]`` (the same ``(B, K, C)``
+    shape as :func:`dtd_saliency`, ``S_i = f`` for a map equal to one everywhere), so the SaRF terms
+    (eqs. 2 and 3) apply unchanged: ``L_sd`` compares ``S_i`` and ``S_j`` by cosine, ``L_sf`` compares
+    each ``S_i`` with ``f``. The channel-weight vector ``relu(a_i) * f`` is deliberately not used: for
+    the ResNet's pooling-and-linear head ``a_i = W_i / N``, so it equals the DTD saliency up to a
+    factor per class and sample, and the cosines, hence the loss, would be those of DTD.
+
+    The gradients of step 1 come from ``torch.autograd.grad`` with ``create_graph=True``, so the
+    loss backpropagates through the channel weights (into the head's weights) as well as through
+    ``A`` (into every convolution). Under ``torch.no_grad`` (validation) the same values are
+    computed without a graph. ``head`` is evaluated again on ``A``; it must treat samples
+    independently (pooling and linear layers do, batch normalisation in training mode does not).
+
+    Args:
+        activation: activation ``A`` of the last block, shape ``(B, C, *spatial)``, e.g. ``(B, 512, 4, 4)``.
+        head: the rest of the network, from ``A`` to the logits ``(B, K)``.
+
+    Returns:
+        Saliency vectors, shape ``(B, K, C)``: ``S[b, i]`` is the saliency of class ``i`` for sample ``b``.
+
+    Raises:
+        ValueError: when ``activation`` has no spatial axis or ``head`` does not give ``(B, K)`` logits.
+
+    Example:
+        >>> head = lambda a: F.linear(a.mean(dim=(2, 3)), torch.randn(6, 512))
+        >>> gradcam_saliency(torch.rand(4, 512, 4, 4), head).shape
+        torch.Size([4, 6, 512])
+    """
+    if activation.ndim < 3:
+        raise ValueError(f"activation must be (B, C, *spatial), got {tuple(activation.shape)}.")
+    differentiable = torch.is_grad_enabled()
+    with torch.enable_grad():
+        source = activation if activation.requires_grad else activation.detach().requires_grad_(True)
+        logits = head(source)
+        if logits.ndim != 2 or logits.shape[0] != activation.shape[0]:
+            raise ValueError(f"head must map the activation to (B, K) logits with B={activation.shape[0]}, got {tuple(logits.shape)}.")
+        gradients = [
+            torch.autograd.grad(logits[:, i].sum(), source, create_graph=differentiable, retain_graph=True)[0]
+            for i in range(logits.shape[1])
+        ]
+    with torch.set_grad_enabled(differentiable):
+        flat = activation.flatten(2)
+        channel_weights = torch.stack([g.flatten(2).mean(-1) for g in gradients], dim=1)
+        maps = torch.einsum("bkc,bcn->bkn", channel_weights, flat).relu()
+        return torch.einsum("bkn,bcn->bkc", maps, flat) / flat.shape[-1]
+
+
 class SaliencyResNet(ResNet):
-    """ResNet18 (MONAI ``ResNet``, basic blocks, layers 2-2-2-2) that records its penultimate feature.
+    """ResNet18 (MONAI ``ResNet``, basic blocks, layers 2-2-2-2) that records what its saliency needs.
 
     A forward pre-hook on ``fc`` stores the average-pooled feature ``f`` (``(B, 512)``,
-    non-negative) of the latest forward pass in ``self.features``, with its autograd graph, so that
-    losses such as :class:`sarf_bundle.losses.SaRFLoss` can backpropagate through it. ``forward``
-    returns only the logits, and the state dict keys are MONAI's own (``conv1``, ``bn1``,
-    ``layer1`` ... ``layer4``, ``fc``), so MONAI trainers, evaluators, checkpoints and exporters
-    work unchanged. ``torch.jit.trace`` keeps the hook out of the trace; ``torch.jit.script``
-    scripts a copy without the hook (see ``__prepare_scriptable__``). Neither exported module
-    records features. Under ``DataParallel`` the replicas overwrite each other's features, so
-    use ``DistributedDataParallel`` for SaRF training.
+    non-negative) of the latest forward pass in ``self.features``, and a forward hook on ``layer4``
+    stores the activation of the last residual block (``(B, 512, h, w)``) in ``self.activation``,
+    both with their autograd graph, so that losses such as :class:`sarf_bundle.losses.SaRFLoss` can
+    backpropagate through them. ``forward`` returns only the logits, and the state dict keys are
+    MONAI's own (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``), so MONAI trainers,
+    evaluators, checkpoints and exporters work unchanged. ``torch.jit.trace`` keeps the hooks out of
+    the trace; ``torch.jit.script`` scripts a copy without them (see ``__prepare_scriptable__``).
+    Neither exported module records anything. Under ``DataParallel`` the replicas overwrite each
+    other's records, so use ``DistributedDataParallel`` for SaRF training.
 
     Args:
         spatial_dims: number of spatial dimensions of the input (2 for slices).
@@ -77,8 +146,8 @@ class SaliencyResNet(ResNet):
     Example:
         >>> net = SaliencyResNet()
         >>> logits = net(torch.randn(2, 1, 64, 64))
-        >>> net.features.shape, net.saliency().shape
-        (torch.Size([2, 512]), torch.Size([2, 6, 512]))
+        >>> net.features.shape, net.saliency().shape, net.saliency("gradcam").shape
+        (torch.Size([2, 512]), torch.Size([2, 6, 512]), torch.Size([2, 6, 512]))
 
         In a bundle config: ``{"_target_": "sarf_bundle.networks.SaliencyResNet", "num_classes": 6}``.
     """
@@ -104,37 +173,59 @@ class SaliencyResNet(ResNet):
             num_classes=num_classes,
         )
         self.features: torch.Tensor | None = None
+        self.activation: torch.Tensor | None = None
         self.feature_hook = self.fc.register_forward_pre_hook(self._record_features)
+        self.activation_hook = self.layer4.register_forward_hook(self._record_activation)
 
     def _record_features(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self.features = args[0]
 
-    def saliency_and_features(self, eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
-        """DTD saliency and penultimate feature of the latest forward pass, both differentiable.
+    def _record_activation(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.activation = output
+
+    def head(self, activation: torch.Tensor) -> torch.Tensor:
+        """Logits from a last-block activation ``(B, 512, *spatial)``: average pooling, then ``fc``.
+
+        It computes what ``forward`` does after ``layer4``, without recording features.
+        """
+        return F.linear(torch.flatten(self.avgpool(activation), 1), self.fc.weight, self.fc.bias)
+
+    def saliency_and_features(
+        self, method: Literal["dtd", "gradcam"] = "dtd", eps: float = 1e-9
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class saliency and penultimate feature of the latest forward pass, both differentiable.
 
         Args:
+            method: ``"dtd"`` for :func:`dtd_saliency` of the pooled feature and ``fc``, ``"gradcam"``
+                for :func:`gradcam_saliency` of the ``layer4`` activation.
             eps: stabiliser of :func:`dtd_saliency`.
 
         Returns:
             ``(S, f)``: saliency ``(B, num_classes, 512)`` and feature ``(B, 512)``.
 
         Raises:
+            ValueError: when ``method`` is unknown.
             RuntimeError: when no forward pass has run yet.
         """
-        if self.features is None:
+        if method not in SALIENCY_METHODS:
+            raise ValueError(f"Unknown saliency method {method!r}; options are {SALIENCY_METHODS}.")
+        if self.features is None or self.activation is None:
             raise RuntimeError("SaliencyResNet has no recorded features: run a forward pass before saliency.")
+        if method == "gradcam":
+            return gradcam_saliency(self.activation, self.head), self.features
         return dtd_saliency(self.features, self.fc.weight, eps), self.features
 
-    def saliency(self, eps: float = 1e-9) -> torch.Tensor:
-        """DTD saliency ``(B, num_classes, 512)`` of the latest forward pass; see :meth:`saliency_and_features`."""
-        return self.saliency_and_features(eps)[0]
+    def saliency(self, method: Literal["dtd", "gradcam"] = "dtd", eps: float = 1e-9) -> torch.Tensor:
+        """Saliency ``(B, num_classes, 512)`` of the latest forward pass; see :meth:`saliency_and_features`."""
+        return self.saliency_and_features(method, eps)[0]
 
     def __getstate__(self) -> dict:
-        """Drop the recorded features when copied or pickled: a non-leaf tensor cannot be deep-copied."""
-        return {**super().__getstate__(), "features": None}
+        """Drop the recorded tensors when copied or pickled: a non-leaf tensor cannot be deep-copied."""
+        return {**super().__getstate__(), "features": None, "activation": None}
 
     def __prepare_scriptable__(self) -> SaliencyResNet:
-        """Return a copy without the feature hook for ``torch.jit.script``, which cannot compile it."""
+        """Return a copy without the recording hooks for ``torch.jit.script``, which cannot compile them."""
         scriptable = copy.deepcopy(self)
         scriptable.feature_hook.remove()
+        scriptable.activation_hook.remove()
         return scriptable

@@ -32,7 +32,7 @@ BAD_ARGUMENTS = [  # constructor arguments, exception, message
     ({"beta": -0.5}, ValueError, r"beta=-0.5"),
     ({"gamma": -2.0}, ValueError, r"gamma=-2.0"),
     ({"base": "bce"}, ValueError, r"'bce'; options are \('ce', 'focal'\)"),
-    ({"saliency": "gradcam"}, ValueError, r"'gradcam'; options are \('dtd',\)"),
+    ({"saliency": "lrp"}, ValueError, r"'lrp'; options are \('dtd', 'gradcam'\)"),
     ({"network": nn.Linear(2, 2)}, TypeError, r"SaliencyResNet\), got Linear"),
 ]
 

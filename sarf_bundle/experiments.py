@@ -1,0 +1,520 @@
+"""The paper's experiments as commands: cross-validation of a method, and the alpha x beta sweep.
+
+You, Wiest, Reyes, "SaRF: Saliency regularized feature learning improves MRI sequence
+classification", CMPB 2023, sections 3.2-3.4.
+
+- :func:`crossval` trains one method on every fold of a datalist through the bundle's own configs
+  (``configs/train.json``, validation on fold ``k``, the checkpoint of lowest validation loss kept),
+  then tests each fold's model on the held-out ``testing`` split (``configs/evaluate.json``). A fold
+  is one bundle root ``RUN_DIR/<method>/fold<k>/``; a finished fold is never trained again.
+- :func:`sweep` runs that cross-validation for every (alpha, beta) pair of a grid, split into shards
+  that separate processes, GPUs or machines run, and draws the heat maps of the paper's Figs. 5c and 6.
+
+A method is a set of config overrides (:data:`METHODS`); any other key of ``train.json`` (``epochs``,
+``learning_rate``, ``image_size``, ``batch_size``, ``num_workers``, ...) can be overridden on top.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from monai.bundle import ConfigParser  # noqa: E402
+
+from .demo import BUNDLE_ROOT, run_bundle  # noqa: E402
+from .handlers import atomic_write_text  # noqa: E402
+from .metrics import aggregate_folds  # noqa: E402
+
+__all__ = [
+    "METHODS",
+    "PAPER_GRID",
+    "HEATMAP_METRICS",
+    "crossval",
+    "run_crossval",
+    "fold_ids",
+    "sweep",
+    "sweep_jobs",
+    "shard_jobs",
+    "sweep_heatmaps",
+]
+
+METHODS: dict[str, dict[str, Any]] = {
+    "baseline": {"alpha": 0.0, "beta": 0.0, "base_loss": "ce", "saliency": "dtd"},
+    "sarf": {"alpha": 5.0, "beta": 0.5, "base_loss": "ce", "saliency": "dtd"},
+    "focal": {"alpha": 0.0, "beta": 0.0, "base_loss": "focal", "saliency": "dtd"},
+    "sarf-focal": {"alpha": 5.0, "beta": 0.5, "base_loss": "focal", "saliency": "dtd"},
+    "sarf-gradcam": {"alpha": 5.0, "beta": 0.5, "base_loss": "ce", "saliency": "gradcam"},
+    "alpha-only": {"alpha": 5.0, "beta": 0.0, "base_loss": "ce", "saliency": "dtd"},
+    "beta-only": {"alpha": 0.0, "beta": 0.5, "base_loss": "ce", "saliency": "dtd"},
+}
+"""The methods of the paper (section 3.4) as overrides of ``configs/train.json``: the loss weights,
+the base loss (cross-entropy or focal) and the saliency (DTD or GradCAM)."""
+
+PAPER_GRID: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+"""The values of alpha and of beta in the paper's sweep (section 3.4, Figs. 5c and 6)."""
+
+HEATMAP_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "mean_f1": (("multiclass", "mean", "f1"), "mean F1 over classes, argmax decision"),
+    "mean_class_accuracy": (("multiclass", "mean", "accuracy"), "mean accuracy over classes, argmax decision"),
+    "mean_auc": (("multiclass", "mean", "auc"), "mean ROC AUC over classes"),
+    "ovr_threshold_mean_f1": (("ovr_threshold", "mean", "f1"), "mean F1 over classes, one-vs-rest at 0.5"),
+    "ovr_threshold_mean_accuracy": (("ovr_threshold", "mean", "accuracy"), "mean accuracy over classes, one-vs-rest at 0.5"),
+}
+"""Metrics of the sweep's heat maps and table: a path into :func:`sarf_bundle.metrics.aggregate_folds`'s
+result, and a title. F1 is the paper's Fig. 5c, accuracy and AUC its Fig. 6."""
+
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "accuracy": ("accuracy",),
+    **{name: path for name, (path, _) in HEATMAP_METRICS.items()},
+    "ece": ("ece",),
+}
+"""The numbers :func:`crossval` prints and puts first in ``crossval.json``."""
+
+UNCOMPARED_KEYS = frozenset({"num_workers", "skull_strip_cache"})
+"""Settings that do not change a fold's result, so a finished fold is kept when only they differ."""
+
+RESERVED_KEYS = frozenset({"bundle_root", "dataset_dir", "datalist", "fold"})
+"""Config keys that the cross-validation sets for each fold."""
+
+NOT_SET = "<not set>"
+"""How a setting that a run did not override and ``train.json`` cannot tell shows in messages."""
+
+FOLD_FILE = "fold.json"
+SUMMARY_FILE = "crossval.json"
+
+Runner = Callable[..., None]
+
+
+def crossval(
+    datalist: str | os.PathLike,
+    method: str = "sarf",
+    out: str | os.PathLike = "runs",
+    folds: int | Sequence[int] | None = None,
+    **overrides: Any,
+) -> str:
+    """Cross-validate one of the paper's methods: train every fold, test each on the held-out split.
+
+    Each fold ``k`` is the bundle root ``<out>/<method>/fold<k>/``, trained with ``configs/train.json``
+    (validation on fold ``k``, training on the other folds, ``models/model.pt`` = lowest validation loss)
+    and tested with ``configs/evaluate.json`` on the datalist's ``testing`` split, which writes
+    ``eval/metrics.json``, ``eval/predictions.csv`` and ``eval/confusion_matrix.csv``. Then
+    ``fold.json`` (settings, datalist hash, seconds) is written last. A fold whose ``fold.json``
+    matches the requested settings and whose metrics exist is skipped; any other fold is trained from
+    scratch, so an interrupted run resumes at the fold it was on. ``<out>/<method>/crossval.json`` holds
+    the mean ± std over folds (:func:`sarf_bundle.metrics.aggregate_folds`, ``ddof=0``) of every metric.
+
+    Args:
+        datalist: the datalist JSON (``training`` entries with a ``fold``, and a ``testing`` split).
+        method: one of :data:`METHODS`.
+        out: the folder of all runs.
+        folds: ``None`` for every fold of the datalist, a number ``n`` for its first ``n`` folds, or a
+            list of fold ids.
+        **overrides: other keys of ``configs/train.json`` for every fold, e.g. ``epochs=20``.
+            ``skull_strip_cache`` defaults to ``cache/skullstrip`` of the current folder, the default of
+            ``python -m sarf_bundle skullstrip``, so that all folds share the computed brain masks.
+
+    Returns:
+        The path of ``crossval.json``.
+
+    Raises:
+        ValueError: for an unknown method, an override of a key the method sets, an override that is
+            no config key, or folds the datalist does not have.
+        FileNotFoundError: when the datalist does not exist.
+
+    Example:
+        ``python -m sarf_bundle crossval --datalist data/sim/datalist.json --method sarf --epochs 50``
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; options are {', '.join(METHODS)}.")
+    fixed = sorted(set(overrides) & set(METHODS[method]))
+    if fixed:
+        raise ValueError(
+            f"--{fixed[0]} is set by --method {method} ({fixed[0]}={METHODS[method][fixed[0]]!r}); choose another "
+            "method, or run other loss weights with `python -m sarf_bundle sweep --alphas ... --betas ...`."
+        )
+    settings = {**METHODS[method], **_with_default_cache(overrides)}
+    return str(run_crossval(datalist, Path(out) / method, settings, folds, name=method))
+
+
+def run_crossval(
+    datalist: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    settings: dict[str, Any],
+    folds: int | Sequence[int] | None = None,
+    name: str | None = None,
+    runner: Runner | None = None,
+) -> Path:
+    """Cross-validate the bundle with given config overrides in ``run_dir``; see :func:`crossval`.
+
+    Args:
+        datalist: the datalist JSON.
+        run_dir: the folder of this run: ``fold<k>/`` per fold and ``crossval.json``.
+        settings: overrides of ``configs/train.json`` (and ``evaluate.json``) for every fold.
+        folds: as in :func:`crossval`.
+        name: the run's name in messages and in ``crossval.json`` (default: the folder's name).
+        runner: runs a bundle section like :func:`sarf_bundle.demo.run_bundle` (the default).
+
+    Returns:
+        The path of ``crossval.json``.
+
+    Raises:
+        ValueError: for a setting that is no config key, or folds the datalist does not have.
+        FileNotFoundError: when the datalist does not exist.
+    """
+    datalist, run_dir = Path(datalist).resolve(), Path(run_dir).resolve()
+    name = name or run_dir.name
+    _check_config_keys(settings)
+    selected = fold_ids(datalist, folds)
+    digest = hashlib.sha256(datalist.read_bytes()).hexdigest()
+    records = {}
+    for position, k in enumerate(selected, start=1):
+        print(f"[{name}] fold {k} ({position} of {len(selected)})", flush=True)
+        records[k] = _run_fold(run_dir / f"fold{k}", datalist, digest, k, settings, name, runner or run_bundle)
+    metrics = [json.loads((run_dir / f"fold{k}" / "eval" / "metrics.json").read_text()) for k in selected]
+    summary = aggregate_folds(metrics)
+    result = {
+        "name": name,
+        "settings": settings,
+        "datalist": str(datalist),
+        "datalist_sha256": digest,
+        "folds": selected,
+        "headline": {key: _lookup(summary, path) for key, path in HEADLINE.items()},
+        "metrics": summary,
+        "per_fold": {str(k): {"dir": f"fold{k}", "seconds": records[k]["seconds"]} for k in selected},
+    }
+    path = run_dir / SUMMARY_FILE
+    atomic_write_text(path, json.dumps(result, indent=1))
+    _print_headline(name, result["headline"], len(selected))
+    return path
+
+
+def fold_ids(datalist: str | os.PathLike, folds: int | Sequence[int] | None = None) -> list[int]:
+    """The folds of a datalist's ``training`` split to run, sorted.
+
+    Args:
+        datalist: the datalist JSON.
+        folds: ``None`` for all, ``n`` for the first ``n``, or a list of fold ids.
+
+    Raises:
+        FileNotFoundError: when the datalist does not exist.
+        ValueError: when it has no ``training`` entries with a ``fold``, or ``folds`` asks for folds it lacks.
+    """
+    datalist = Path(datalist)
+    if datalist.is_dir():
+        raise FileNotFoundError(f"Datalist {datalist} is a folder: name the datalist JSON in it, e.g. {datalist / 'datalist.json'}.")
+    if not datalist.is_file():
+        raise FileNotFoundError(f"Datalist {datalist} does not exist; create one with `python -m sarf_bundle synth --out DIR`.")
+    entries = json.loads(datalist.read_text()).get("training", [])
+    if not entries:
+        raise ValueError(f"Datalist {datalist} has no 'training' entries to cross-validate.")
+    unfolded = [e.get("image") for e in entries if "fold" not in e]
+    if unfolded:
+        raise ValueError(f"Datalist {datalist}: every 'training' entry needs a 'fold' for cross-validation; {len(unfolded)} have none, e.g. {unfolded[:3]}.")
+    available = sorted({int(e["fold"]) for e in entries})
+    if folds is None:
+        return available
+    if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+        if not 1 <= folds <= len(available):
+            raise ValueError(f"folds={folds}: datalist {datalist} has {len(available)} folds {available}; ask for 1 to {len(available)}.")
+        return available[: int(folds)]
+    missing = sorted(set(folds) - set(available))
+    if missing or not folds:
+        raise ValueError(f"folds={list(folds)}: datalist {datalist} has the folds {available}, not {missing or 'an empty list'}.")
+    return sorted({int(k) for k in folds})
+
+
+def sweep_jobs(alphas: Sequence[float] = PAPER_GRID, betas: Sequence[float] = PAPER_GRID) -> list[tuple[float, float]]:
+    """All ``(alpha, beta)`` pairs of the grid, alpha varying slowest."""
+    return list(itertools.product(_values(alphas, "alphas"), _values(betas, "betas")))
+
+
+def shard_jobs(jobs: Sequence[Any], shard: str) -> list[Any]:
+    """The jobs of shard ``i`` of ``n`` (``shard="i/n"``, ``0 <= i < n``): every ``n``-th job from the ``i``-th.
+
+    The ``n`` shards partition the jobs: each job is in exactly one of them, and their sizes differ by
+    at most one.
+
+    Raises:
+        ValueError: when ``shard`` is not ``"i/n"`` with ``0 <= i < n``.
+    """
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must be 'i/n' with integers 0 <= i < n, e.g. '0/4', got {shard!r}.") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be 'i/n' with 0 <= i < n, e.g. '0/4', got {shard!r}.")
+    return list(jobs[index::count])
+
+
+def sweep(
+    datalist: str | os.PathLike | None = None,
+    out: str | os.PathLike = "runs",
+    alphas: Sequence[float] | float | str = PAPER_GRID,
+    betas: Sequence[float] | float | str = PAPER_GRID,
+    shard: str = "0/1",
+    folds: int | Sequence[int] | None = None,
+    list: bool = False,  # noqa: A002 -- the command line's `--list`
+    heatmaps: bool = False,
+    **overrides: Any,
+) -> str:
+    """The paper's alpha x beta sweep (section 3.4; Figs. 5c and 6): run jobs, list them, or draw heat maps.
+
+    Every job is the cross-validation (:func:`run_crossval`) of SaRF (:data:`METHODS` ``["sarf"]``) with
+    one ``(alpha, beta)``, in ``<out>/sweep/a<alpha>_b<beta>/`` (e.g. ``a0.2_b5``), resumable fold by
+    fold. Shard ``i/n`` runs every ``n``-th job from the ``i``-th, so ``n`` processes with the same
+    arguments and ``--shard 0/n`` ... ``--shard n-1/n`` split the grid exactly; pick each one's GPU with
+    ``CUDA_VISIBLE_DEVICES``. A shard draws the heat maps of what is finished when it ends.
+
+    Args:
+        datalist: the datalist JSON (not needed with ``heatmaps``).
+        out: the folder of all runs; the sweep goes to ``<out>/sweep/``.
+        alphas: the alpha values (a list, or a comma-separated string); default the paper's 8 values 0-20.
+        betas: the beta values, likewise.
+        shard: ``"i/n"``: run (or list) only shard ``i`` of ``n``.
+        folds: as in :func:`crossval`.
+        list: print the shard's jobs as commands, one per line, instead of running them.
+        heatmaps: only draw the heat maps and the table of the finished jobs.
+        **overrides: other keys of ``configs/train.json`` for every job, e.g. ``epochs=20``.
+
+    Returns:
+        The commands (with ``list``), else the path of the sweep's ``sweep.csv``.
+
+    Raises:
+        ValueError: when ``datalist`` is missing, an override sets alpha or beta, or ``shard`` is malformed.
+
+    Example:
+        ``python -m sarf_bundle sweep --datalist data/sim/datalist.json --out runs --shard 0/2 --epochs 50``
+    """
+    jobs = sweep_jobs(alphas, betas)
+    out = Path(out).resolve()
+    if heatmaps:
+        return str(sweep_heatmaps(out, alphas, betas))
+    if datalist is None:
+        raise ValueError("sweep needs --datalist (only --heatmaps works without it).")
+    fixed = sorted(set(overrides) & {"alpha", "beta"})
+    if fixed:
+        raise ValueError(f"--{fixed[0]} cannot be overridden in a sweep: give the grid with --alphas and --betas.")
+    datalist = Path(datalist).resolve()
+    mine = shard_jobs(jobs, shard)
+    _check_config_keys(overrides)
+    if list:
+        return "\n".join(_job_command(datalist, out, alpha, beta, folds, overrides) for alpha, beta in mine)
+    common = _with_default_cache(overrides)
+    for position, (alpha, beta) in enumerate(mine, start=1):
+        print(f"[sweep] job {position} of {len(mine)} in shard {shard}: alpha={alpha:g}, beta={beta:g}", flush=True)
+        settings = {**METHODS["sarf"], **common, "alpha": alpha, "beta": beta}
+        run_crossval(datalist, _job_dir(out, alpha, beta), settings, folds, name=f"sweep a={alpha:g} b={beta:g}")
+    return str(sweep_heatmaps(out, alphas, betas))
+
+
+def sweep_heatmaps(
+    out: str | os.PathLike, alphas: Sequence[float] | float | str = PAPER_GRID, betas: Sequence[float] | float | str = PAPER_GRID
+) -> Path:
+    """Heat maps (PNG) and a table (CSV) of the finished sweep jobs: the paper's Fig. 5c (F1) and Fig. 6 (ACC, AUC).
+
+    Reads ``<out>/sweep/a<alpha>_b<beta>/crossval.json`` for every pair of the grid and writes, into
+    ``<out>/sweep/``, ``heatmap_<metric>.png`` for each of :data:`HEATMAP_METRICS` (rows alpha, columns
+    beta, each cell the mean over folds, printed; a job not finished is a blank cell) and ``sweep.csv``
+    (one row per pair: the number of folds and the mean and std of each metric, empty when not finished).
+
+    Args:
+        out: the folder of all runs (as given to :func:`sweep`).
+        alphas: the alpha values of the grid.
+        betas: the beta values of the grid.
+
+    Returns:
+        The path of ``sweep.csv``.
+    """
+    alphas, betas = _values(alphas, "alphas"), _values(betas, "betas")
+    folder = Path(out) / "sweep"
+    grids = {key: np.full((len(alphas), len(betas), 2), np.nan) for key in HEATMAP_METRICS}
+    rows = [",".join(["alpha", "beta", "folds", *(f"{key}_{stat}" for key in HEATMAP_METRICS for stat in ("mean", "std"))])]
+    for (i, alpha), (j, beta) in itertools.product(enumerate(alphas), enumerate(betas)):
+        summary = _finished_job(_job_dir(folder.parent, alpha, beta))
+        cells = [f"{alpha:g}", f"{beta:g}", str(len(summary["folds"])) if summary else ""]
+        for key, (path, _) in HEATMAP_METRICS.items():
+            if summary:
+                stats = _lookup(summary["metrics"], path)
+                grids[key][i, j] = stats["mean"], stats["std"]
+            cells += ["" if math.isnan(v) else f"{v:.6f}" for v in grids[key][i, j]]
+        rows.append(",".join(cells))
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, (_, title) in HEATMAP_METRICS.items():
+        _draw_heatmap(grids[key][..., 0], alphas, betas, title, folder / f"heatmap_{key}.png")
+    table = folder / "sweep.csv"
+    atomic_write_text(table, "\n".join(rows) + "\n")
+    return table
+
+
+def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: dict[str, Any], name: str, runner: Runner) -> dict:
+    """Train and test one fold unless it is finished with these settings; return its ``fold.json`` record."""
+    record_file = fold_dir / FOLD_FILE
+    previous = json.loads(record_file.read_text()) if record_file.is_file() else None
+    if previous is not None and (fold_dir / "eval" / "metrics.json").is_file():
+        changes = _changes(previous.get("settings", {}), settings)
+        if previous.get("datalist_sha256") != digest:
+            print(f"[{name}] fold {fold} was run on another version of the datalist: training it again.", flush=True)
+        elif changes:
+            described = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            print(f"[{name}] fold {fold} was run with other settings ({described}): training it again.", flush=True)
+        else:
+            print(f"[{name}] fold {fold} is finished, skipped ({record_file}).", flush=True)
+            return previous
+    record_file.unlink(missing_ok=True)
+    for stale in ("models", "eval"):
+        shutil.rmtree(fold_dir / stale, ignore_errors=True)
+    bundle = {"bundle_root": str(fold_dir), "dataset_dir": str(datalist.parent), "datalist": str(datalist), "fold": fold, **settings}
+    seconds = {}
+    tick = time.time()
+    runner("training", ["train.json"], **bundle)
+    seconds["train"] = round(time.time() - tick, 1)
+    tick = time.time()
+    runner("run", ["train.json", "evaluate.json"], **bundle)
+    seconds["evaluate"] = round(time.time() - tick, 1)
+    record = {
+        "fold": fold,
+        "datalist": str(datalist),
+        "datalist_sha256": digest,
+        "settings": settings,
+        "seconds": seconds,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle_version": json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())["version"],
+    }
+    atomic_write_text(record_file, json.dumps(record, indent=1))
+    return record
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings that differ between two runs and change a result, as ``{key: (old, new)}``.
+
+    Values are compared as JSON (1 and 1.0, tuples and lists agree). A key set in one run only is
+    compared with its value in ``train.json``, unless ``evaluate.json`` sets it too (then the override
+    changes the evaluation as well, and counts as a change).
+    """
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    train = _config("train.json")
+    evaluated = json.loads((BUNDLE_ROOT / "configs" / "evaluate.json").read_text())
+    changes = {}
+    for key in sorted((set(old) | set(new)) - UNCOMPARED_KEYS):
+        default = train[key] if key in train and key not in evaluated else NOT_SET
+        before, after = old.get(key, default), new.get(key, default)
+        if before != after:
+            changes[key] = (before, after)
+    return changes
+
+
+@functools.cache
+def _config(*files: str) -> ConfigParser:
+    """The raw content of bundle config files (later files override earlier ones)."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / f) for f in files])
+    return parser
+
+
+def _with_default_cache(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"skull_strip_cache": str(Path("cache/skullstrip").resolve()), **overrides}
+
+
+def _check_config_keys(settings: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a setting that the runs set themselves, or that is no config key (a typo would be ignored)."""
+    reserved = sorted(set(settings) & RESERVED_KEYS)
+    if reserved:
+        raise ValueError(f"--{reserved[0]} is set by the cross-validation for each fold and cannot be overridden; {sorted(RESERVED_KEYS)} are.")
+    parser = _config("train.json", "evaluate.json")
+    unknown = sorted(k for k in settings if k not in parser)
+    if unknown:
+        raise ValueError(f"--{unknown[0]} is not a key of configs/train.json or configs/evaluate.json; unknown: {unknown}.")
+
+
+def _values(values: Sequence[float] | float | str, name: str) -> list[float]:
+    """Grid values from a list, a number or a comma-separated string; sorted, without repeats."""
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    elif not isinstance(values, (Sequence, np.ndarray)):
+        values = [values]
+    try:
+        result = sorted({float(v) for v in values})
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, e.g. '0,0.5,5', got {values!r}.") from None
+    if not result or min(result) < 0:
+        raise ValueError(f"{name} must be non-negative numbers, e.g. '0,0.5,5', got {values!r}.")
+    return result
+
+
+def _job_dir(out: Path, alpha: float, beta: float) -> Path:
+    return out / "sweep" / f"a{alpha:g}_b{beta:g}"
+
+
+def _job_command(datalist: Path, out: Path, alpha: float, beta: float, folds: int | Sequence[int] | None, overrides: dict[str, Any]) -> str:
+    """The command that runs one sweep job alone (a sweep over a 1 x 1 grid)."""
+    words = ["python", "-m", "sarf_bundle", "sweep", "--datalist", str(datalist), "--out", str(out), "--alphas", f"{alpha:g}", "--betas", f"{beta:g}"]
+    if folds is not None:
+        words += ["--folds", _cli_value(folds)]
+    for key, value in overrides.items():
+        words += [f"--{key}", _cli_value(value)]
+    return shlex.join(words)
+
+
+def _cli_value(value: Any) -> str:
+    """A value as the command line (``fire``) reads it back: strings as they are, other values as Python literals."""
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
+        return repr(list(value))
+    return value if isinstance(value, str) else repr(value)
+
+
+def _finished_job(job_dir: Path) -> dict | None:
+    path = job_dir / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _lookup(tree: dict, path: Sequence[str]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _draw_heatmap(values: np.ndarray, alphas: Sequence[float], betas: Sequence[float], title: str, path: Path) -> None:
+    """One annotated heat map, rows alpha and columns beta; NaN cells are left blank."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(betas), 0.8 + 0.6 * len(alphas)))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=low, vmax=high if high > low else low + 1e-6, origin="lower")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            shade = (v - low) / (high - low) if high > low else 0.5
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="black" if shade > 0.6 else "white")
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("beta (saliency-feature consistency)")
+    ax.set_ylabel("alpha (saliency distinctiveness)")
+    ax.set_title(f"{title}\nmean over folds; blank: not run", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _print_headline(name: str, headline: dict, n_folds: int) -> None:
+    print(f"[{name}] test set, mean ± std over {n_folds} fold(s):", flush=True)
+    for key, stats in headline.items():
+        print(f"  {key:30s} {stats['mean']:.4f} ± {stats['std']:.4f}", flush=True)

@@ -1,0 +1,171 @@
+"""Cross-validation of a method through the bundle's real configs, fold by fold and resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+
+import sarf_bundle.experiments as experiments
+from sarf_bundle import SEQUENCES
+from sarf_bundle.cli import main
+from sarf_bundle.demo import BUNDLE_ROOT, run_bundle
+from sarf_bundle.experiments import METHODS, crossval, fold_ids, run_crossval
+from sarf_bundle.metrics import classification_metrics
+
+TINY = dict(epochs=1, image_size=32, batch_size=4, num_workers=0)
+FOLD_FILES = ("fold.json", "eval/metrics.json", "eval/predictions.csv", "eval/confusion_matrix.csv", "models/model.pt")
+
+
+class Recorder:
+    """A bundle runner that records its calls, then runs the real bundle (or, with ``fake``, writes random metrics)."""
+
+    def __init__(self, fake: bool = False) -> None:
+        self.calls: list[tuple[str, int, dict]] = []
+        self.fake = fake
+
+    def __call__(self, run_id: str, configs: list[str], **overrides) -> None:
+        self.calls.append((run_id, overrides["fold"], overrides))
+        if not self.fake:
+            run_bundle(run_id, configs, **overrides)
+        elif run_id == "run":
+            rng = np.random.default_rng(overrides["fold"])
+            probs = rng.dirichlet(np.ones(6), size=12)
+            metrics = classification_metrics(probs, np.arange(12) % 6)
+            eval_dir = Path(overrides["bundle_root"]) / "eval"
+            eval_dir.mkdir(parents=True, exist_ok=True)
+            (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def crossvalidated(simulated_dataset, tmp_path_factory):
+    """A 2-fold, 1-epoch cross-validation of SaRF with GradCAM saliency through configs/train.json and evaluate.json."""
+    out = tmp_path_factory.mktemp("runs")
+    recorder = Recorder()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiments, "run_bundle", recorder)
+        summary = crossval(simulated_dataset, method="sarf-gradcam", out=out, folds=2, **TINY)
+    return out / "sarf-gradcam", summary, recorder.calls
+
+
+def test_every_fold_trained_validated_on_itself_and_tested(crossvalidated, simulated_dataset):
+    run_dir, summary, calls = crossvalidated
+    assert [(run_id, fold) for run_id, fold, _ in calls] == [("training", 0), ("run", 0), ("training", 1), ("run", 1)]
+    for _, fold, overrides in calls:
+        assert overrides["bundle_root"] == str(run_dir / f"fold{fold}")
+        assert overrides["datalist"] == str(simulated_dataset.resolve())
+        assert {k: overrides[k] for k in ("alpha", "beta", "base_loss", "saliency")} == METHODS["sarf-gradcam"]
+    n_test = len(json.loads(simulated_dataset.read_text())["testing"])
+    for k in (0, 1):
+        for name in FOLD_FILES:
+            assert (run_dir / f"fold{k}" / name).is_file(), name
+        assert json.loads((run_dir / f"fold{k}" / "eval" / "metrics.json").read_text())["n_volumes"] == n_test
+        record = json.loads((run_dir / f"fold{k}" / "fold.json").read_text())
+        assert record["fold"] == k and record["settings"]["saliency"] == "gradcam" and record["settings"]["epochs"] == 1
+        assert set(record["seconds"]) == {"train", "evaluate"}
+
+
+def test_crossval_json_has_mean_and_std_over_folds(crossvalidated):
+    run_dir, summary, _ = crossvalidated
+    assert summary == str(run_dir / "crossval.json")
+    result = json.loads((run_dir / "crossval.json").read_text())
+    assert result["folds"] == [0, 1] and result["name"] == "sarf-gradcam"
+    folds = [json.loads((run_dir / f"fold{k}" / "eval" / "metrics.json").read_text()) for k in (0, 1)]
+    f1 = [m["multiclass"]["mean"]["f1"] for m in folds]
+    assert result["headline"]["mean_f1"]["mean"] == pytest.approx(np.mean(f1))
+    assert result["headline"]["mean_f1"]["std"] == pytest.approx(np.std(f1))
+    assert result["metrics"]["n_folds"] == 2
+    assert set(result["metrics"]["ovr_threshold"]) == {*SEQUENCES, "mean"}
+
+
+def test_rerun_skips_finished_folds(crossvalidated, simulated_dataset, monkeypatch):
+    run_dir, _, _ = crossvalidated
+    files = [run_dir / f"fold{k}" / name for k in (0, 1) for name in FOLD_FILES]
+    before = [f.stat().st_mtime_ns for f in files]
+    recorder = Recorder()
+    monkeypatch.setattr(experiments, "run_bundle", recorder)
+    # num_workers does not change a result, so folds run with another value still count as finished
+    crossval(simulated_dataset, method="sarf-gradcam", out=run_dir.parent, folds=2, **{**TINY, "num_workers": 1})
+    assert recorder.calls == []
+    assert [f.stat().st_mtime_ns for f in files] == before
+
+
+def test_gradcam_method_reaches_the_loss_through_the_config():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    assert parser["saliency"] == "dtd"
+    parser.update(METHODS["sarf-gradcam"])
+    loss = parser.get_parsed_content("loss")
+    assert (loss.saliency_method, loss.alpha, loss.beta, loss.base) == ("gradcam", 5.0, 0.5, "ce")
+
+
+def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulated_dataset, tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(simulated_dataset.read_text())
+    settings = {**METHODS["sarf"], **TINY}
+    run = lambda recorder, **changes: run_crossval(datalist, tmp_path / "sarf", {**settings, **changes}, runner=recorder)  # noqa: E731
+    first = Recorder(fake=True)
+    run(first)
+    assert [fold for _, fold, _ in first.calls] == [0, 0, 1, 1]
+    unchanged = Recorder(fake=True)
+    run(unchanged, learning_rate=1e-5, num_workers=3)  # train.json's learning rate; num_workers does not count
+    assert unchanged.calls == []
+    changed = Recorder(fake=True)
+    run(changed, epochs=2)
+    assert [fold for _, fold, _ in changed.calls] == [0, 0, 1, 1]
+    assert json.loads((tmp_path / "sarf" / "fold1" / "fold.json").read_text())["settings"]["epochs"] == 2
+    # an interrupted fold (no fold.json) restarts from scratch: its old checkpoints are gone
+    (tmp_path / "sarf" / "fold1" / "fold.json").unlink()
+    stale = tmp_path / "sarf" / "fold1" / "models" / "latest_checkpoint_epoch=7.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    interrupted = Recorder(fake=True)
+    run(interrupted, epochs=2)
+    assert [fold for _, fold, _ in interrupted.calls] == [1, 1] and not stale.exists()
+    datalist.write_text(datalist.read_text().replace('"seed"', '"seed_"'))
+    relabelled = Recorder(fake=True)
+    run(relabelled, epochs=2)
+    assert [fold for _, fold, _ in relabelled.calls] == [0, 0, 1, 1]
+
+
+def test_fold_selection(simulated_dataset):
+    assert fold_ids(simulated_dataset) == [0, 1]
+    assert fold_ids(simulated_dataset, 1) == [0]
+    assert fold_ids(simulated_dataset, [1]) == [1]
+
+
+ERRORS = [  # command line, message
+    (["--method", "srf"], r"Unknown method 'srf'; options are baseline, sarf, focal, sarf-focal, sarf-gradcam, alpha-only, beta-only"),
+    (["--method", "baseline", "--beta", "0.5"], r"--beta is set by --method baseline \(beta=0.0\)"),
+    (["--epoch", "5"], r"--epoch is not a key of configs/train.json or configs/evaluate.json"),
+    (["--fold", "1"], r"--fold is set by the cross-validation for each fold"),
+    (["--folds", "3"], r"folds=3: datalist .* has 2 folds \[0, 1\]; ask for 1 to 2"),
+    (["--folds", "[1, 4]"], r"has the folds \[0, 1\], not \[4\]"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", ERRORS)
+def test_command_line_errors_name_the_bad_value(simulated_dataset, tmp_path, arguments, message, monkeypatch):
+    monkeypatch.setattr(experiments, "run_bundle", Recorder(fake=True))
+    with pytest.raises(ValueError, match=message):
+        main(["crossval", "--datalist", str(simulated_dataset), "--out", str(tmp_path), *arguments])
+
+
+def test_missing_or_unfolded_datalist_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; create one with"):
+        crossval(tmp_path / "nothing.json")
+    unfolded = tmp_path / "datalist.json"
+    unfolded.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": 0}]}))
+    with pytest.raises(ValueError, match=r"every 'training' entry needs a 'fold' for cross-validation; 1 have none, e.g. \['a.nii.gz'\]"):
+        crossval(unfolded)
+
+
+def test_help_shows_the_command_instead_of_becoming_an_override(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["crossval", "--help"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "Cross-validate one of the paper's methods" in captured.out + captured.err
