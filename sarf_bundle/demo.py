@@ -11,30 +11,14 @@ import shutil
 import time
 from pathlib import Path
 
-from monai.bundle import run
-
+from .bundle import run_bundle
+from .experiments import METHODS as EXPERIMENT_METHODS
 from .simulation.dataset import synthesize
 
-__all__ = ["BUNDLE_ROOT", "METHODS", "print_summary", "run_demo", "run_bundle"]
+__all__ = ["METHODS", "print_summary", "run_demo"]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-"""The bundle folder (``configs/``, ``models/``, ``docs/``) this package belongs to."""
-
-METHODS = {"baseline": {"alpha": 0.0, "beta": 0.0}, "sarf": {"alpha": 5.0, "beta": 0.5}}
-"""Loss weights of the two methods the demo compares (paper, section 3.4)."""
-
-
-def run_bundle(run_id: str, configs: list[str], **overrides) -> None:
-    """Run a section of the bundle's configs (``python -m monai.bundle run`` in-process)."""
-    config_dir = BUNDLE_ROOT / "configs"
-    files = [str(config_dir / c) for c in configs]
-    run(
-        run_id=run_id,
-        meta_file=str(config_dir / "metadata.json"),
-        config_file=files if len(files) > 1 else files[0],
-        logging_file=str(config_dir / "logging.conf"),
-        **overrides,
-    )
+METHODS = {name: EXPERIMENT_METHODS[name] for name in ("baseline", "sarf")}
+"""The two methods the demo compares (paper, section 3.4)."""
 
 
 def run_demo(

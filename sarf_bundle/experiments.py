@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
-from .demo import BUNDLE_ROOT, run_bundle  # noqa: E402
+from .bundle import BUNDLE_ROOT, run_bundle  # noqa: E402
 from .handlers import atomic_write_text  # noqa: E402
 from .metrics import aggregate_folds  # noqa: E402
 
@@ -168,7 +168,7 @@ def run_crossval(
         settings: overrides of ``configs/train.json`` (and ``evaluate.json``) for every fold.
         folds: as in :func:`crossval`.
         name: the run's name in messages and in ``crossval.json`` (default: the folder's name).
-        runner: runs a bundle section like :func:`sarf_bundle.demo.run_bundle` (the default).
+        runner: runs a bundle section like :func:`sarf_bundle.bundle.run_bundle` (the default).
 
     Returns:
         The path of ``crossval.json``.

@@ -11,7 +11,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.demo import BUNDLE_ROOT, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
 from sarf_bundle.handlers import latest_checkpoint
 from sarf_bundle.networks import SaliencyResNet
 

@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 import sarf_bundle.experiments as experiments
 from sarf_bundle import SEQUENCES
 from sarf_bundle.cli import main
-from sarf_bundle.demo import BUNDLE_ROOT, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
 from sarf_bundle.experiments import METHODS, crossval, fold_ids, run_crossval
 from sarf_bundle.metrics import classification_metrics
 

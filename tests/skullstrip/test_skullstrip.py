@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
 import sarf_bundle.skullstrip as skullstrip
-from sarf_bundle.demo import BUNDLE_ROOT
+from sarf_bundle.bundle import BUNDLE_ROOT
 from sarf_bundle.skullstrip import (
     HD_BET_WEIGHT_FILES,
     HD_BET_WEIGHTS_ENV,
