@@ -18,7 +18,15 @@ from monai.data import Dataset
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys
 
-__all__ = ["InferenceDataset", "SliceBatch", "VolumeOutput", "load_datalist", "list_volumes", "VOLUME_SUFFIXES"]
+__all__ = [
+    "InferenceDataset",
+    "SliceBatch",
+    "VolumeOutput",
+    "load_datalist",
+    "list_volumes",
+    "volume_probabilities",
+    "VOLUME_SUFFIXES",
+]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 FILE_KEYS = ("image", "brain_mask")
@@ -138,6 +146,11 @@ class SliceBatch(PrepareBatch):
         return images, labels
 
 
+def volume_probabilities(logits: torch.Tensor, n_slices: int) -> torch.Tensor:
+    """Class probabilities of each volume ``(B, K)``: the mean softmax of its ``n_slices`` consecutive slice logits ``(B*S, K)``."""
+    return torch.softmax(logits.float(), dim=1).reshape(-1, n_slices, logits.shape[1]).mean(dim=1)
+
+
 class VolumeOutput:
     """Ignite ``output_transform``: slice logits and labels of a batch to volume probabilities and labels.
 
@@ -154,7 +167,7 @@ class VolumeOutput:
 
     def __call__(self, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = output[CommonKeys.PRED]
-        probs = torch.softmax(logits.float(), dim=1).reshape(-1, self.n_slices, logits.shape[1]).mean(dim=1)
+        probs = volume_probabilities(logits, self.n_slices)
         labels = output[CommonKeys.LABEL].reshape(-1, self.n_slices)[:, 0]
         if self.one_hot:
             labels = torch.nn.functional.one_hot(labels, logits.shape[1])

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
 from .bundle import BUNDLE_ROOT, run_bundle  # noqa: E402
-from .handlers import atomic_write_text  # noqa: E402
+from .files import atomic_write_text  # noqa: E402
 from .metrics import aggregate_folds  # noqa: E402
 
 __all__ = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,26 +18,17 @@ import torch
 from ignite.engine import Engine, Events
 
 from . import SEQUENCES
-from .data import VolumeOutput
+from .data import VolumeOutput, volume_probabilities
+from .files import atomic_write_text
 from .metrics import classification_metrics
 
 __all__ = [
     "LossTermsLogger",
     "ClassificationReport",
     "PredictionWriter",
-    "atomic_write_text",
     "latest_checkpoint",
     "read_prediction_csv",
 ]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(folder: str | Path, prefix: str = "latest") -> str | None:
@@ -189,8 +179,7 @@ class PredictionWriter:
         self._rows = read_prediction_csv(self.output_csv)
 
     def _append(self, engine: Engine) -> None:
-        logits = engine.state.output["pred"]
-        probs = torch.softmax(logits.float(), 1).reshape(-1, self.n_slices, logits.shape[1]).mean(1).cpu().numpy()
+        probs = volume_probabilities(engine.state.output["pred"], self.n_slices).cpu().numpy()
         batch = engine.state.batch
         names = _filenames(batch, len(probs))
         statuses = batch.get("status", ["ok"] * len(probs))

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from .data import VOLUME_SUFFIXES, load_datalist
-from .simulation.dataset import write_nifti
+from .files import atomic_write_text, write_nifti
 
 __all__ = [
     "BACKENDS",
@@ -338,10 +338,7 @@ class SkullStripper:
                 raise RuntimeError(f"{self.backend} returned a mask of shape {mask.shape} for {image} of shape {source.shape}.")
             path.parent.mkdir(parents=True, exist_ok=True)
             note = {"image": str(image.resolve()), **self.settings(), "device": self.device, "seconds": round(seconds, 2)}
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump(note, f, indent=1)
-            os.replace(tmp, path.with_name(path.name.replace(".nii.gz", ".json")))
+            atomic_write_text(path.with_name(path.name.replace(".nii.gz", ".json")), json.dumps(note, indent=1))
             write_nifti(mask, source.affine, path, "uint8")
         return seconds
 

@@ -12,50 +12,21 @@ with the same settings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from .. import SEQUENCES
+from ..files import atomic_write_text, write_nifti
 from .acquisition import Volume, acquire, head_pose
 from .anatomy import build_head
 from .sequences import sample_protocol
 from .tissues import jitter_properties
 
-__all__ = ["simulate_subject", "split_subjects", "synthesize", "write_nifti"]
-
-
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, storage: str = "float32") -> None:
-    """Write a NIfTI file atomically (temporary file in the same folder, then rename).
-
-    Args:
-        array: the voxel data.
-        affine: voxel-to-RAS-mm affine.
-        path: destination ``.nii.gz``.
-        storage: ``"int16"`` (rounded, no scaling), ``"int16_scaled"`` (nibabel picks scl_slope and
-            scl_inter), ``"float32"`` or ``"uint8"``.
-    """
-    if storage == "int16":
-        array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
-    image = nib.Nifti1Image(array, affine)
-    image.set_data_dtype({"int16": np.int16, "int16_scaled": np.int16, "float32": np.float32, "uint8": np.uint8}[storage])
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+__all__ = ["simulate_subject", "split_subjects", "synthesize"]
 
 
 def simulate_subject(seed: int, index: int, voxel_scale: float = 1.0, lesions: bool = True) -> dict[str, Volume]:
@@ -134,9 +105,7 @@ def _run_subject(out_dir: str, seed: int, index: int, voxel_scale: float, lesion
                 "acquisition": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in protocol.items()},
             }
         )
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"params": params, "entries": entries}))
-    os.replace(tmp, record)
+    atomic_write_text(record, json.dumps({"params": params, "entries": entries}))
     return entries
 
 
@@ -207,7 +176,5 @@ def synthesize(
             else:
                 datalist["training"].append({**entry, "fold": fold})
     path = out / "datalist.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(datalist, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(datalist, indent=1))
     return path

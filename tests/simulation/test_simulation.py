@@ -14,7 +14,7 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.simulation.acquisition import acquire, head_pose, tissue_labels
+from sarf_bundle.simulation.acquisition import acquire, tissue_labels
 from sarf_bundle.simulation.anatomy import build_head
 from sarf_bundle.simulation.dataset import simulate_subject, split_subjects, synthesize
 from sarf_bundle.simulation.sequences import sample_protocol

@@ -1,0 +1,51 @@
+"""Atomic file writes: a temporary file in the destination folder, then a rename.
+
+An interrupted run never leaves a half-written NIfTI, datalist, report or CSV behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["atomic_write_text", "write_nifti"]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, storage: str = "float32") -> None:
+    """Write a NIfTI file atomically (temporary file in the same folder, then rename).
+
+    Args:
+        array: the voxel data.
+        affine: voxel-to-RAS-mm affine.
+        path: destination ``.nii.gz``.
+        storage: ``"int16"`` (rounded, no scaling), ``"int16_scaled"`` (nibabel picks scl_slope and
+            scl_inter), ``"float32"`` or ``"uint8"``.
+    """
+    if storage == "int16":
+        array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+    image = nib.Nifti1Image(array, affine)
+    image.set_data_dtype({"int16": np.int16, "int16_scaled": np.int16, "float32": np.float32, "uint8": np.uint8}[storage])
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
