@@ -7,6 +7,8 @@
 - ``crossval``: cross-validate one of the paper's methods (train every fold, test each on the held-out split).
 - ``sweep``: the paper's alpha x beta grid of cross-validations, in shards, and its heat maps.
 - ``report``: the paper's tables and figures for any set of cross-validated methods (Markdown, HTML, JSON).
+- ``explain``: class relevance maps (Deep Taylor decomposition) of one volume's slices, as a PNG grid and NumPy.
+- ``faithfulness``: the ROAD test of one or more models' relevance maps on a datalist split (F1 decrease per level).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from .demo import run_demo
     from .experiments import crossval, sweep
+    from .explain import explain
+    from .faithfulness import faithfulness
     from .report import report
     from .simulation.dataset import synthesize
     from .skullstrip import strip_datalist
@@ -36,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "crossval": crossval,
         "sweep": sweep,
         "report": report,
+        "explain": explain,
+        "faithfulness": faithfulness,
     }
     args = sys.argv[1:] if argv is None else list(argv)
     if "--help" in args:  # fire would hand it to crossval's and sweep's config overrides

@@ -1,4 +1,4 @@
-"""The CPU demo: simulate data, train baseline and SaRF through the bundle configs, evaluate, infer, report.
+"""The CPU demo: simulate data, train baseline and SaRF through the bundle configs, evaluate, infer, explain, report.
 
 Everything runs through the same code and configs a user runs on a GPU, with small settings
 (few subjects, coarser voxels, few epochs, small slices) so that it finishes on a laptop CPU.
@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 from .bundle import run_bundle
+from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
+from .explain import explain
+from .faithfulness import faithfulness
 from .simulation.dataset import synthesize
 
 __all__ = ["METHODS", "print_summary", "run_demo"]
@@ -30,6 +33,7 @@ def run_demo(
     learning_rate: float = 1e-4,
     workers: int = 2,
     seed: int = 0,
+    road_volumes: int = 18,
 ) -> str:
     """Run the whole demo, print its report and return the path of ``<out>/summary.json``.
 
@@ -42,6 +46,7 @@ def run_demo(
         learning_rate: RMSprop learning rate (the paper's 1e-5 needs its 200 epochs).
         workers: parallel processes for simulation and data loading.
         seed: simulation and training seed.
+        road_volumes: test volumes of the ROAD faithfulness test (the first ones of the split: 18 are 3 subjects).
     """
     out = Path(out).resolve()
     start = time.time()
@@ -71,6 +76,14 @@ def run_demo(
         output_csv=str(out / "sarf" / "eval" / "sequence_predictions.csv"), image_size=image_size, num_workers=workers,
     )
     timings["inference"] = time.time() - tick
+    models, names = [str(out / m / "models" / "model.pt") for m in METHODS], list(METHODS)
+    tick = time.time()
+    example = next(e for e in load_datalist(datalist, "testing") if e["sequence"] == "T1Gd")["image"]
+    explained = explain(example, model=models, names=names, out=str(out / "explanations"), image_size=image_size)
+    timings["explain"] = time.time() - tick
+    tick = time.time()
+    road = json.loads(Path(faithfulness(str(datalist), model=models, names=names, out=str(out / "faithfulness"), limit=road_volumes, image_size=image_size)).read_text())
+    timings["faithfulness"] = time.time() - tick
     timings["total"] = time.time() - start
     summary = {
         "settings": {"subjects": subjects, "epochs": epochs, "image_size": image_size, "voxel_scale": voxel_scale, "learning_rate": learning_rate, "seed": seed},
@@ -86,11 +99,18 @@ def run_demo(
             }
             for method, r in results.items()
         },
+        "road_f1_decrease": {
+            "levels": road["levels"],
+            "volumes": road["models"][names[0]]["n_volumes"],
+            **{method: [round(v, 3) for v in road["models"][method]["f1_decrease"][1:]] for method in METHODS},
+        },
         "outputs": {
             "datalist": str(datalist),
             **{f"{m}_model": str(out / m / "models" / "model.pt") for m in METHODS},
             **{f"{m}_metrics": str(out / m / "eval" / "metrics.json") for m in METHODS},
             "inference_csv": str(out / "sarf" / "eval" / "sequence_predictions.csv"),
+            "relevance_maps": explained["figure"],
+            "road_curves": str(out / "faithfulness" / "road.png"),
             "tensorboard": str(out / "sarf" / "eval" / "tensorboard"),
         },
     }
@@ -108,6 +128,11 @@ def print_summary(summary: dict) -> None:
             f"{method:10s} {m['accuracy']:9.3f} {m['mean_auc']:9.3f} {m['mean_f1']:8.3f} "
             f"{m['ovr_threshold_mean_accuracy']:12.3f} {m['ovr_threshold_mean_f1']:11.3f} {m['ece']:6.3f}"
         )
+    road = summary["road_f1_decrease"]
+    print(f"\nROAD faithfulness, F1 decrease (higher is better) on {road['volumes']} test volumes, at % most relevant pixels removed:")
+    print(f"{'method':10s} " + " ".join(f"{level:>6g}" for level in road["levels"]))
+    for method in summary["test"]:
+        print(f"{method:10s} " + " ".join(f"{v:6.3f}" for v in road[method]))
     print("\nSeconds:", ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
     print("\nWritten:")
     for name, path in summary["outputs"].items():

@@ -12,16 +12,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write_text", "write_nifti"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_nifti"]
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) to ``path`` through a temporary file and an atomic rename."""
+    atomic_write_bytes(path, text.encode())
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, storage: str = "float32") -> None:
