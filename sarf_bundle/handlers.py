@@ -26,6 +26,9 @@ __all__ = [
     "LossTermsLogger",
     "ClassificationReport",
     "PredictionWriter",
+    "merge_shards",
+    "predicted_files",
+    "shard_csv",
     "latest_checkpoint",
     "read_prediction_csv",
 ]
@@ -148,6 +151,57 @@ def read_prediction_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def shard_csv(output_csv: str | Path, rank: int) -> Path:
+    """The part of an inference CSV that rank ``rank`` of a sharded run writes: ``<name>.rank<k>.csv`` beside it."""
+    output_csv = Path(output_csv)
+    return output_csv.with_name(f"{output_csv.stem}.rank{rank}{output_csv.suffix}")
+
+
+def _shards(output_csv: Path) -> list[Path]:
+    return sorted(output_csv.parent.glob(f"{output_csv.stem}.rank*{output_csv.suffix}"))
+
+
+def predicted_files(output_csv: str | Path) -> list[str]:
+    """Files that already have a row in an inference CSV or in the parts of an interrupted sharded run."""
+    output_csv = Path(output_csv)
+    return [row["file"] for path in [output_csv, *_shards(output_csv)] for row in read_prediction_csv(path)]
+
+
+def merge_shards(output_csv: str | Path) -> Path:
+    """Merge the parts of a sharded inference run into the one CSV, sorted by file, then remove the parts.
+
+    The rows of the CSV from earlier runs are kept; a file with rows in several places keeps the
+    last one read (parts are read after the CSV, in rank order). The CSV is written atomically
+    before any part is removed, so an interruption loses nothing.
+
+    Returns:
+        The path of the merged CSV.
+    """
+    output_csv = Path(output_csv)
+    parts = _shards(output_csv)
+    columns: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    for path in [output_csv, *parts]:
+        if path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                columns = columns or list(reader.fieldnames or [])
+                rows.update((row["file"], row) for row in reader)
+    if columns:
+        _write_csv(output_csv, columns, [rows[name] for name in sorted(rows)])
+    for path in parts:
+        path.unlink()
+    return output_csv
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(columns), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, table.getvalue())
+
+
 class PredictionWriter:
     """Write one CSV row per input volume during inference, atomically after every batch.
 
@@ -192,8 +246,4 @@ class PredictionWriter:
                 row.update(sequence=self.class_names[int(p.argmax())], confidence=f"{confidence:.6f}")
                 row["status"] = "uncertain" if confidence < self.confidence_threshold else "ok"
             self._rows.append(row)
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=self.columns, restval="")
-        writer.writeheader()
-        writer.writerows(self._rows)
-        atomic_write_text(self.output_csv, table.getvalue())
+        _write_csv(self.output_csv, self.columns, self._rows)

@@ -6,9 +6,10 @@ import csv
 import json
 import shutil
 
+import onnxruntime as ort
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 
 from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
@@ -17,6 +18,13 @@ from sarf_bundle.networks import SaliencyResNet
 
 CONFIGS = BUNDLE_ROOT / "configs"
 SMALL = dict(image_size=32, batch_size=4, num_workers=0)
+ONNX_CONVERTER = {  # as in the README's onnx_export command
+    "input_names": ["image"],
+    "output_names": ["logits"],
+    "dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}},
+    "verify": True,
+    "use_ort": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,30 @@ def test_export_and_network_verification(trained, tmp_path):
     net.eval()
     x = torch.randn(3, 1, 64, 64)
     torch.testing.assert_close(exported(x), net(x))
+
+
+def test_onnx_export_with_dynamic_batch_agrees_with_eager(trained, tmp_path):
+    root, _ = trained
+    onnx_file = tmp_path / "model.onnx"
+    onnx_export(
+        net_id="network_def",
+        filepath=str(onnx_file),
+        ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        input_shape=[1, 1, 32, 32],
+        use_trace=True,
+        converter_kwargs=ONNX_CONVERTER,
+    )
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert list(session.get_inputs()[0].shape) == ["batch", 1, 32, 32]
+    net = SaliencyResNet()
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    for batch in (1, 7):  # one slice, and a whole volume's slices
+        x = torch.randn(batch, 1, 32, 32)
+        (logits,) = session.run(None, {"image": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(logits), net(x).detach(), atol=1e-4, rtol=1e-4)
 
 
 def test_metadata_verifies_offline():
