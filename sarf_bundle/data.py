@@ -23,6 +23,7 @@ __all__ = [
     "SliceBatch",
     "VolumeOutput",
     "load_datalist",
+    "item_name",
     "list_volumes",
     "volume_probabilities",
     "VOLUME_SUFFIXES",
@@ -70,35 +71,53 @@ def load_datalist(
 
 
 def list_volumes(folder: str | Path, done: Sequence[str] = ()) -> list[dict]:
-    """One ``{"image": path}`` entry per NIfTI file in a folder, sorted, skipping brain masks.
+    """Every input of a folder and its subfolders: NIfTI files and DICOM series, sorted by name.
+
+    Items: ``{"image": path}`` for a NIfTI file (brain masks ``*_brainmask.nii*`` are skipped),
+    ``{"image": DicomSeries, "name": ...}`` for a DICOM series (files grouped by SeriesInstanceUID, see
+    :func:`sarf_bundle.dicom.find_dicom_series`), and ``{"image": path, "error": message}`` for a file that
+    looks like DICOM but cannot be read, so that it still gets its row. Other files are not inputs.
 
     Args:
         folder: the input folder.
-        done: files to skip (already in the output of an interrupted run).
+        done: names to skip (the ``file`` column of an interrupted run's CSV).
 
     Raises:
         FileNotFoundError: if the folder does not exist.
     """
+    from .dicom import find_dicom_series
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Input folder {folder} does not exist.")
+    items = [
+        {"image": str(p)} for p in folder.rglob("*") if p.name.endswith(VOLUME_SUFFIXES) and "_brainmask.nii" not in p.name and p.is_file()
+    ]
+    series, unreadable = find_dicom_series(folder)
+    items += [{"image": s, "name": str(folder / s.name)} for s in series]
+    items += [{"image": str(path), "error": message} for path, message in unreadable]
     skip = set(done)
-    files = sorted(
-        str(p) for p in folder.iterdir() if p.name.endswith(VOLUME_SUFFIXES) and "_brainmask.nii" not in p.name
-    )
-    return [{"image": f} for f in files if f not in skip]
+    return sorted((i for i in items if item_name(i) not in skip), key=item_name)
+
+
+def item_name(item: dict) -> str:
+    """The name of an input in the inference CSV: its ``name``, or the path of its file."""
+    return str(item.get("name", item["image"]))
 
 
 class InferenceDataset(Dataset):
-    """A dataset that never fails on a bad file: the item gets ``status="error"`` and a ``message``.
+    """A dataset that never fails on a bad input: the item gets ``status="error"`` and a ``message``.
 
-    Every item carries ``filename`` (its source file), ``status`` (``ok`` or ``error``) and
-    ``message``; the image is a plain tensor (a zero placeholder of ``placeholder_shape`` when the
-    preprocessing failed), so good and bad items collate into one batch.
+    Every item carries ``filename`` (the input's name, see :func:`item_name`), ``status`` (``ok`` or
+    ``error``), ``message`` (why it failed, or a note such as how a 4D input was reduced), ``warning``
+    (why the prediction should not be trusted, e.g. no head in view; empty if none) and ``header`` (a
+    DICOM series' header summary as JSON, empty for NIfTI). The image is a plain tensor (a zero
+    placeholder of ``placeholder_shape`` when the input failed), so good and bad items collate into
+    one batch.
 
     Args:
-        data: ``{"image": path}`` entries.
-        transform: the preprocessing.
+        data: items of :func:`list_volumes` (at least ``{"image": path}``).
+        transform: the preprocessing; it may add ``note`` and ``warning`` keys.
         placeholder_shape: shape of a preprocessed image, ``(n_slices, size, size)``.
     """
 
@@ -107,15 +126,19 @@ class InferenceDataset(Dataset):
         self.placeholder_shape = tuple(placeholder_shape)
 
     def _transform(self, index: int) -> dict:
-        source = self.data[index]["image"]
+        source = self.data[index]
+        header = getattr(source["image"], "header", None)
+        row = {"filename": item_name(source), "header": json.dumps(header) if header else "", "warning": ""}
         try:
+            if "error" in source:
+                raise ValueError(source["error"])
             item = super()._transform(index)
             image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
-            return {"image": image, "filename": source, "status": "ok", "message": ""}
-        except Exception as error:  # a bad file must not stop the run: record it in its row
+            return {"image": image, **row, "status": "ok", "message": item.get("note", ""), "warning": item.get("warning", "")}
+        except Exception as error:  # a bad input must not stop the run: record it in its row
             cause = error.__cause__ or error
             message = f"{type(cause).__name__}: {cause}".replace("\n", " ")
-            return {"image": torch.zeros(self.placeholder_shape), "filename": source, "status": "error", "message": message}
+            return {"image": torch.zeros(self.placeholder_shape), **row, "status": "error", "message": message}
 
 
 class SliceBatch(PrepareBatch):
@@ -159,15 +182,17 @@ class VolumeOutput:
     Args:
         n_slices: slices per volume.
         one_hot: return labels one-hot ``(B, K)`` (MONAI metrics) instead of ``(B,)`` (Ignite metrics).
+        temperature: divides the logits before the softmax (:mod:`sarf_bundle.calibration`).
     """
 
-    def __init__(self, n_slices: int = 7, one_hot: bool = False) -> None:
+    def __init__(self, n_slices: int = 7, one_hot: bool = False, temperature: float = 1.0) -> None:
         self.n_slices = n_slices
         self.one_hot = one_hot
+        self.temperature = temperature
 
     def __call__(self, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = output[CommonKeys.PRED]
-        probs = volume_probabilities(logits, self.n_slices)
+        probs = volume_probabilities(logits / self.temperature, self.n_slices)
         labels = output[CommonKeys.LABEL].reshape(-1, self.n_slices)[:, 0]
         if self.one_hot:
             labels = torch.nn.functional.one_hot(labels, logits.shape[1])

@@ -11,14 +11,18 @@ import shutil
 import time
 from pathlib import Path
 
-from .bundle import run_bundle
+from sklearn.metrics import roc_auc_score
+
+from . import SEQUENCES
+from .bundle import BUNDLE_ROOT, run_bundle
 from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
 from .explain import explain
 from .faithfulness import faithfulness
-from .simulation.dataset import synthesize
+from .handlers import read_prediction_csv
+from .simulation.dataset import synthesize, synthesize_unknown
 
-__all__ = ["METHODS", "print_summary", "run_demo"]
+__all__ = ["METHODS", "confidence_report", "print_summary", "run_demo"]
 
 METHODS = {name: EXPERIMENT_METHODS[name] for name in ("baseline", "sarf")}
 """The two methods the demo compares (paper, section 3.4)."""
@@ -34,6 +38,7 @@ def run_demo(
     workers: int = 2,
     seed: int = 0,
     road_volumes: int = 18,
+    unknown_volumes: int = 2,
 ) -> str:
     """Run the whole demo, print its report and return the path of ``<out>/summary.json``.
 
@@ -47,6 +52,7 @@ def run_demo(
         workers: parallel processes for simulation and data loading.
         seed: simulation and training seed.
         road_volumes: test volumes of the ROAD faithfulness test (the first ones of the split: 18 are 3 subjects).
+        unknown_volumes: proton-density volumes (a sequence outside the six) added to the inference folder.
     """
     out = Path(out).resolve()
     start = time.time()
@@ -61,6 +67,9 @@ def run_demo(
         run_bundle("training", ["train.json"], bundle_root=str(root), **common, **weights)
         timings[f"train_{method}"] = time.time() - tick
         tick = time.time()
+        run_bundle("run", ["train.json", "calibrate.json"], bundle_root=str(root), **common, **weights)
+        timings[f"calibrate_{method}"] = time.time() - tick
+        tick = time.time()
         run_bundle("run", ["train.json", "evaluate.json"], bundle_root=str(root), **common, **weights)
         timings[f"evaluate_{method}"] = time.time() - tick
         results[method] = json.loads((root / "eval" / "metrics.json").read_text())
@@ -69,6 +78,9 @@ def run_demo(
     for entry in json.loads(Path(datalist).read_text())["testing"]:
         shutil.copy(out / "data" / entry["image"], inputs / Path(entry["image"]).name)
     (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
+    tick = time.time()
+    synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
+    timings["simulate_unknown"] = time.time() - tick
     (out / "sarf" / "eval" / "sequence_predictions.csv").unlink(missing_ok=True)
     tick = time.time()
     run_bundle(
@@ -76,6 +88,7 @@ def run_demo(
         output_csv=str(out / "sarf" / "eval" / "sequence_predictions.csv"), image_size=image_size, num_workers=workers,
     )
     timings["inference"] = time.time() - tick
+    confidence = confidence_report(read_prediction_csv(out / "sarf" / "eval" / "sequence_predictions.csv"))
     models, names = [str(out / m / "models" / "model.pt") for m in METHODS], list(METHODS)
     tick = time.time()
     example = next(e for e in load_datalist(datalist, "testing") if e["sequence"] == "T1Gd")["image"]
@@ -99,6 +112,7 @@ def run_demo(
             }
             for method, r in results.items()
         },
+        "confidence": confidence,
         "road_f1_decrease": {
             "levels": road["levels"],
             "volumes": road["models"][names[0]]["n_volumes"],
@@ -119,6 +133,43 @@ def run_demo(
     return str(out / "summary.json")
 
 
+def confidence_report(rows: list[dict[str, str]], threshold: float | None = None) -> dict:
+    """How the inference CSV's confidence and status treat right, wrong and unknown-sequence volumes.
+
+    The truth comes from the simulator's file names (``sub-XXXX_<sequence>.nii.gz``; ``unknown-XX_PD`` is a
+    sequence outside the six classes). ``threshold`` defaults to the one the statuses were made with.
+    """
+    scored = [r for r in rows if r["status"] != "error"]
+    truth = [Path(r["file"]).name.removesuffix(".nii.gz").split("_")[-1] for r in scored]
+    known = [(r, t) for r, t in zip(scored, truth) if t in SEQUENCES]
+    right = [float(r["confidence"]) for r, t in known if r["sequence"] == t]
+    wrong = [float(r["confidence"]) for r, t in known if r["sequence"] != t]
+    unknown = [r for r, t in zip(scored, truth) if t not in SEQUENCES]
+    uncertain = lambda group: sum(r["status"] == "uncertain" for r in group)  # noqa: E731
+    auroc = roc_auc_score([1] * len(right) + [0] * len(wrong), right + wrong) if right and wrong else float("nan")
+    return {
+        "threshold": threshold if threshold is not None else load_inference_threshold(),
+        "auroc_right_vs_wrong": float(auroc),
+        "n_right": len(right),
+        "n_wrong": len(wrong),
+        "n_unknown": len(unknown),
+        "n_error": len(rows) - len(scored),
+        "uncertain_right": uncertain([r for r, t in known if r["sequence"] == t]),
+        "uncertain_wrong": uncertain([r for r, t in known if r["sequence"] != t]),
+        "uncertain_unknown": uncertain(unknown),
+        "mean_confidence": {"right": _mean(right), "wrong": _mean(wrong), "unknown": _mean([float(r["confidence"]) for r in unknown])},
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def load_inference_threshold() -> float:
+    """The ``confidence_threshold`` of ``configs/inference.json``."""
+    return float(json.loads((BUNDLE_ROOT / "configs" / "inference.json").read_text())["confidence_threshold"])
+
+
 def print_summary(summary: dict) -> None:
     """Print the demo's test metrics, timings and output paths."""
     print("\nTest set (whole-head volumes, never skull-stripped), volume level:")
@@ -128,6 +179,13 @@ def print_summary(summary: dict) -> None:
             f"{method:10s} {m['accuracy']:9.3f} {m['mean_auc']:9.3f} {m['mean_f1']:8.3f} "
             f"{m['ovr_threshold_mean_accuracy']:12.3f} {m['ovr_threshold_mean_f1']:11.3f} {m['ece']:6.3f}"
         )
+    c = summary["confidence"]
+    print(
+        f"\nInference (SaRF, temperature-scaled, threshold {c['threshold']:g}): confidence separates right from wrong test "
+        f"volumes with AUROC {c['auroc_right_vs_wrong']:.3f}; uncertain: {c['uncertain_right']} of {c['n_right']} right, "
+        f"{c['uncertain_wrong']} of {c['n_wrong']} wrong, {c['uncertain_unknown']} of {c['n_unknown']} unknown-sequence (PD) volumes; "
+        f"{c['n_error']} error row(s)."
+    )
     road = summary["road_f1_decrease"]
     print(f"\nROAD faithfulness, F1 decrease (higher is better) on {road['volumes']} test volumes, at % most relevant pixels removed:")
     print(f"{'method':10s} " + " ".join(f"{level:>6g}" for level in road["levels"]))

@@ -19,10 +19,12 @@ from ignite.engine import Engine, Events
 
 from . import SEQUENCES
 from .data import VolumeOutput, volume_probabilities
+from .dicom import BIDS_NAMES, header_sequence
 from .files import atomic_write_text
 from .metrics import classification_metrics
 
 __all__ = [
+    "BestModelState",
     "LossTermsLogger",
     "ClassificationReport",
     "PredictionWriter",
@@ -32,6 +34,37 @@ __all__ = [
     "latest_checkpoint",
     "read_prediction_csv",
 ]
+
+
+class BestModelState:
+    """The best-model bookkeeping of a training, as one object that checkpoints can save and load.
+
+    After ``--resume true``, the evaluator's best metric and the best-model ``CheckpointSaver``'s
+    ranking would start empty, so the first validation after resuming would overwrite ``model.pt``
+    whatever its score. Saved in the latest checkpoint beside model, optimizer and trainer, this
+    object carries both across the restart, and ``model.pt`` stays a plain state dict.
+
+    Args:
+        saver: the ``CheckpointSaver`` that keeps the best model (``save_key_metric=True``).
+        evaluator: the validation evaluator whose ``state.best_metric`` and ``best_metric_epoch`` it restores.
+    """
+
+    def __init__(self, saver, evaluator: Engine) -> None:
+        self.saver = saver
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict:
+        checkpoint = self.saver._key_metric_checkpoint
+        return {
+            "saved": checkpoint.state_dict() if checkpoint is not None else {"saved": []},
+            "best_metric": self.evaluator.state.best_metric,
+            "best_metric_epoch": self.evaluator.state.best_metric_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saver.load_state_dict(state["saved"])
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
 
 
 def latest_checkpoint(folder: str | Path, prefix: str = "latest") -> str | None:
@@ -96,11 +129,14 @@ class ClassificationReport:
         n_slices: slices per volume.
         class_names: class names in index order.
         n_bins: bins of the expected calibration error.
+        temperature: divides the slice logits before the softmax (:mod:`sarf_bundle.calibration`).
     """
 
-    def __init__(self, output_dir: str | Path, n_slices: int = 7, class_names: Sequence[str] = SEQUENCES, n_bins: int = 15) -> None:
+    def __init__(
+        self, output_dir: str | Path, n_slices: int = 7, class_names: Sequence[str] = SEQUENCES, n_bins: int = 15, temperature: float = 1.0
+    ) -> None:
         self.output_dir = Path(output_dir)
-        self.volume_output = VolumeOutput(n_slices)
+        self.volume_output = VolumeOutput(n_slices, temperature=temperature)
         self.class_names = list(class_names)
         self.n_bins = n_bins
         self._rows: list[tuple[str, int, np.ndarray]] = []
@@ -203,26 +239,43 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]
 
 
 class PredictionWriter:
-    """Write one CSV row per input volume during inference, atomically after every batch.
+    """Write one CSV row per input during inference, atomically after every batch.
 
-    Columns: ``file, sequence, p_<class>..., confidence, status, message``. ``status`` is ``ok``,
-    ``uncertain`` (confidence below ``confidence_threshold``) or ``error`` (the input could not be
-    preprocessed; ``message`` says why and ``sequence`` is empty). Rows already in the CSV (from an
-    interrupted run) are kept, so a restarted run only adds the missing files.
+    Columns: ``file, sequence, p_<class>..., confidence, status, message, bids_name, header_sequence,
+    header_agrees``. ``status`` is ``error`` (the input could not be read or checked; ``message`` says why
+    and ``sequence`` is empty), ``uncertain`` or ``ok``. A prediction is ``uncertain`` when its
+    (temperature-scaled) confidence is below ``confidence_threshold``, when the input does not look like a
+    head, or when a DICOM header suggests another sequence; ``message`` lists each reason. ``bids_name``
+    is the BIDS suffix the predicted sequence suggests; ``header_sequence`` is what a DICOM series'
+    header suggests (:func:`sarf_bundle.dicom.header_sequence`), and ``header_agrees`` ``yes``/``no``
+    (empty when there is no header or it cannot tell). Rows already in the CSV (from an interrupted run)
+    are kept, so a restarted run only adds the missing inputs.
 
     Args:
         output_csv: the CSV file.
         n_slices: slices per volume.
         class_names: class names in index order.
         confidence_threshold: below this top probability the status is ``uncertain``.
+        temperature: divides the slice logits before the softmax (:mod:`sarf_bundle.calibration`).
     """
 
-    def __init__(self, output_csv: str | Path, n_slices: int = 7, class_names: Sequence[str] = SEQUENCES, confidence_threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        output_csv: str | Path,
+        n_slices: int = 7,
+        class_names: Sequence[str] = SEQUENCES,
+        confidence_threshold: float = 0.0,
+        temperature: float = 1.0,
+    ) -> None:
         self.output_csv = Path(output_csv)
         self.n_slices = n_slices
         self.class_names = list(class_names)
         self.confidence_threshold = confidence_threshold
-        self.columns = ["file", "sequence", *[f"p_{c}" for c in self.class_names], "confidence", "status", "message"]
+        self.temperature = temperature
+        self.columns = [
+            "file", "sequence", *[f"p_{c}" for c in self.class_names], "confidence", "status", "message",
+            "bids_name", "header_sequence", "header_agrees",
+        ]  # fmt: skip
         self._rows: list[dict[str, str]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -233,17 +286,32 @@ class PredictionWriter:
         self._rows = read_prediction_csv(self.output_csv)
 
     def _append(self, engine: Engine) -> None:
-        probs = volume_probabilities(engine.state.output["pred"], self.n_slices).cpu().numpy()
+        probs = volume_probabilities(engine.state.output["pred"] / self.temperature, self.n_slices).cpu().numpy()
         batch = engine.state.batch
         names = _filenames(batch, len(probs))
-        statuses = batch.get("status", ["ok"] * len(probs))
-        messages = batch.get("message", [""] * len(probs))
-        for name, p, status, message in zip(names, probs, statuses, messages):
-            row = {"file": name, "confidence": "", "sequence": "", "status": status, "message": message}
-            if status != "error":
-                confidence = float(p.max())
-                row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(self.class_names, p)})
-                row.update(sequence=self.class_names[int(p.argmax())], confidence=f"{confidence:.6f}")
-                row["status"] = "uncertain" if confidence < self.confidence_threshold else "ok"
-            self._rows.append(row)
+        column = lambda key, default="": batch.get(key, [default] * len(probs))  # noqa: E731
+        for name, p, status, message, warning, header in zip(
+            names, probs, column("status", "ok"), column("message"), column("warning"), column("header")
+        ):
+            self._rows.append(self._row(name, p, status, message, warning, header))
         _write_csv(self.output_csv, self.columns, self._rows)
+
+    def _row(self, name: str, p: np.ndarray, status: str, message: str, warning: str, header: str) -> dict[str, str]:
+        row = {"file": name, "status": status, "message": message}
+        if status == "error":
+            return row
+        sequence, confidence = self.class_names[int(p.argmax())], float(p.max())
+        row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(self.class_names, p)})
+        row.update(sequence=sequence, confidence=f"{confidence:.6f}", bids_name=BIDS_NAMES.get(sequence, ""))
+        reasons = [warning] if warning else []
+        if confidence < self.confidence_threshold:
+            reasons.append(f"confidence {confidence:.2f} is below the threshold {self.confidence_threshold:g}")
+        if header:
+            suggested, why = header_sequence(json.loads(header))
+            if suggested is not None:
+                row.update(header_sequence=suggested, header_agrees="yes" if suggested == sequence else "no")
+                if suggested != sequence:
+                    reasons.append(f"the DICOM header suggests {suggested} ({why})")
+        row["status"] = "uncertain" if reasons else "ok"
+        row["message"] = "; ".join(m for m in [message, *reasons] if m)
+        return row

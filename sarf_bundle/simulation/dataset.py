@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from .anatomy import build_head
 from .sequences import sample_protocol
 from .tissues import jitter_properties
 
-__all__ = ["simulate_subject", "split_subjects", "synthesize"]
+__all__ = ["simulate_subject", "split_subjects", "synthesize", "synthesize_unknown"]
 
 
 def simulate_subject(seed: int, index: int, voxel_scale: float = 1.0, lesions: bool = True) -> dict[str, Volume]:
@@ -178,3 +178,29 @@ def synthesize(
     path = out / "datalist.json"
     atomic_write_text(path, json.dumps(datalist, indent=1))
     return path
+
+
+def synthesize_unknown(out: str | Path, subjects: int = 6, seed: int = 1000, voxel_scale: float = 1.0) -> list[Path]:
+    """Simulate volumes of a sequence outside the six classes: proton-density weighted turbo spin echo.
+
+    Each subject is a new head (seeded by ``(seed, index)``) scanned with a T2-like TSE protocol whose TR
+    (2500-4000 ms) and TE (10-20 ms) make it proton-density weighted: a contrast the classifier never saw,
+    to measure how it treats inputs from no known class. No brain masks, no datalist.
+
+    Returns:
+        The written files, ``<out>/unknown-<index>_PD.nii.gz``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(subjects):
+        rng = np.random.default_rng([seed, index])
+        field_t = 3.0 if rng.random() < 0.73 else 1.5
+        head, props, pose = build_head(rng, lesions=True), jitter_properties(rng), head_pose(rng)
+        t2 = sample_protocol("T2", field_t, rng, voxel_scale=voxel_scale)
+        protocol = replace(t2, sequence="PD", tr=float(rng.uniform(2500, 4000)), te=float(rng.uniform(10, 20)))
+        volume = acquire(head, props, protocol, rng, pose)
+        path = out / f"unknown-{index:02d}_PD.nii.gz"
+        write_nifti(volume.image, volume.affine, path, protocol.storage)
+        paths.append(path)
+    return paths

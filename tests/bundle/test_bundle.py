@@ -12,7 +12,8 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle
+from sarf_bundle.data import volume_probabilities
 from sarf_bundle.handlers import latest_checkpoint
 from sarf_bundle.networks import SaliencyResNet
 
@@ -50,6 +51,8 @@ def test_training_resumes_from_latest_checkpoint(trained, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(root / "models", resumed / "models")
     before = (resumed / "models" / "latest_checkpoint_epoch=2.pt").stat().st_mtime_ns
+    best_before = torch.load(resumed / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)["best"]
+    model_written = (resumed / "models" / "model.pt").stat().st_mtime_ns
     run_bundle("training", ["train.json"], bundle_root=str(resumed), dataset_dir=str(datalist.parent), epochs=3, resume=True, **SMALL)
     latest = latest_checkpoint(resumed / "models")
     assert latest.endswith("latest_checkpoint_epoch=3.pt")
@@ -57,6 +60,13 @@ def test_training_resumes_from_latest_checkpoint(trained, tmp_path):
     assert trainer["iteration"] == 3 * trainer["epoch_length"]
     # Epochs 1 and 2 were not run again: their checkpoint was never rewritten.
     assert (resumed / "models" / "latest_checkpoint_epoch=2.pt").stat().st_mtime_ns == before
+    # The best model's bookkeeping came along: epoch 3 replaces model.pt only if its validation loss is lower.
+    best_after = torch.load(latest, weights_only=True)["best"]
+    assert 1 <= best_before["best_metric_epoch"] <= 2 and best_after["best_metric"] <= best_before["best_metric"]
+    if best_after["best_metric_epoch"] == best_before["best_metric_epoch"]:
+        assert (resumed / "models" / "model.pt").stat().st_mtime_ns == model_written
+    else:
+        assert best_after["best_metric_epoch"] == 3 and (resumed / "models" / "model.pt").stat().st_mtime_ns > model_written
 
 
 def test_evaluation_on_test_split(trained):
@@ -87,7 +97,9 @@ def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path):
     with open(out_csv) as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == ["file", "sequence", *[f"p_{c}" for c in SEQUENCES], "confidence", "status", "message"]
+    assert reader.fieldnames == [
+        "file", "sequence", *[f"p_{c}" for c in SEQUENCES], "confidence", "status", "message", "bids_name", "header_sequence", "header_agrees"
+    ]  # fmt: skip
     assert sorted(r["file"].split("/")[-1] for r in rows) == sorted([e["image"] for e in entries] + ["broken.nii.gz"])
     broken = next(r for r in rows if r["file"].endswith("broken.nii.gz"))
     assert broken["status"] == "error" and broken["message"] and broken["sequence"] == ""
@@ -136,6 +148,26 @@ def test_onnx_export_with_dynamic_batch_agrees_with_eager(trained, tmp_path):
         x = torch.randn(batch, 1, 32, 32)
         (logits,) = session.run(None, {"image": x.numpy()})
         torch.testing.assert_close(torch.from_numpy(logits), net(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_calibration_then_inference_uses_the_temperature(trained, tmp_path):
+    root, datalist = trained
+    run_bundle("run", ["train.json", "calibrate.json"], bundle_root=str(root), dataset_dir=str(datalist.parent), **SMALL)
+    calibration = json.loads((root / "models" / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and calibration["n_volumes"] > 0
+    assert calibration["after"]["nll"] <= calibration["before"]["nll"] + 1e-9
+    assert calibration["after"]["accuracy"] == calibration["before"]["accuracy"]
+    output_csv = tmp_path / "calibrated.csv"
+    run_bundle("run", ["inference.json"], bundle_root=str(root), dataset_dir=str(datalist.parent), output_csv=str(output_csv), **SMALL)
+    row = next(r for r in csv.DictReader(output_csv.open()) if r["status"] != "error")
+    net = SaliencyResNet()
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    bundle = load_inference_bundle(root / "models" / "model.pt", image_size=SMALL["image_size"])
+    with torch.no_grad():
+        logits = net.eval()(bundle.load(row["file"])[:, None])
+    expected = volume_probabilities(logits / calibration["temperature"], logits.shape[0])[0]
+    assert [float(row[f"p_{c}"]) for c in SEQUENCES] == pytest.approx(expected.tolist(), abs=1e-5)
+    (root / "models" / "calibration.json").unlink()
 
 
 def test_metadata_verifies_offline():

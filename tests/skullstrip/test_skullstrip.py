@@ -198,14 +198,14 @@ def test_evaluation_and_inference_never_strip():
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"skull_strip_backend": "hd-bet", "hd_bet_weights": "/nowhere"})
     names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
-    assert "BrainMaskd" not in names and "SkullStripd" not in names and "LoadImaged" in names
+    assert "BrainMaskd" not in names and "SkullStripd" not in names and "LoadVolumed" in names
     inference = ConfigParser.load_config_file(CONFIGS / "inference.json")
     targets = [t["_target_"] for t in inference["preprocessing"]["transforms"]]
     assert not any("BrainMask" in t or "SkullStrip" in t or "MaskIntensity" in t for t in targets)
     train = ConfigParser()
     train.read_config(str(CONFIGS / "train.json"))
     names = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
-    assert names.index("BrainMaskd") < names.index("LoadImaged") < names.index("SkullStripd")
+    assert names.index("BrainMaskd") < names.index("LoadVolumed") < names.index("SkullStripd")
 
 
 def test_mask_backend_needs_the_datalist_mask():
