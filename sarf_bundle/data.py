@@ -19,14 +19,14 @@ from monai.engines import PrepareBatch
 from monai.utils import CommonKeys
 
 __all__ = [
+    "VOLUME_SUFFIXES",
     "InferenceDataset",
     "SliceBatch",
     "VolumeOutput",
-    "load_datalist",
     "item_name",
     "list_volumes",
+    "load_datalist",
     "volume_probabilities",
-    "VOLUME_SUFFIXES",
 ]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")

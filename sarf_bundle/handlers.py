@@ -25,14 +25,14 @@ from .metrics import classification_metrics
 
 __all__ = [
     "BestModelState",
-    "LossTermsLogger",
     "ClassificationReport",
+    "LossTermsLogger",
     "PredictionWriter",
+    "latest_checkpoint",
     "merge_shards",
     "predicted_files",
-    "shard_csv",
-    "latest_checkpoint",
     "read_prediction_csv",
+    "shard_csv",
 ]
 
 

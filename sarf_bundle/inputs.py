@@ -65,7 +65,7 @@ class LoadVolume(Transform):
     """
 
     def __init__(self) -> None:
-        self.nifti = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        self.nifti = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, source: str | Path | DicomSeries) -> MetaTensor:
         if isinstance(source, DicomSeries):
@@ -159,7 +159,7 @@ class CheckVolume(Transform):
         return image, self._head_warning(image, spacing, axial_axes)
 
     def _head_warning(self, image: torch.Tensor, spacing: np.ndarray, axial_axes: list[int]) -> str:
-        step = [max(1, int(round(4.0 / s))) for s in spacing]  # about 4 mm voxels
+        step = [max(1, round(4.0 / float(s))) for s in spacing]  # about 4 mm voxels
         coarse = torch.as_tensor(image)[0, :: step[0], :: step[1], :: step[2]]
         mask = foreground_mask(coarse[None])
         if not bool(mask.any()):
