@@ -139,10 +139,10 @@ class CheckVolume(Transform):
         shape = tuple(image.shape[1:])
         if len(shape) != 3 or min(shape) == 1:
             raise VolumeError(f"2D image of shape {shape}: a 3D volume with at least {self.min_slices} slices is needed")
-        finite = torch.isfinite(image)
-        if not bool(finite.all()):
-            raise VolumeError(f"{int((~finite).sum())} of {image.numel()} voxels are NaN or infinite")
-        low, high = float(image.min()), float(image.max())
+        low, high = (float(v) for v in torch.aminmax(torch.as_tensor(image)))  # NaN and inf show in these
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
+            raise VolumeError(f"{bad} of {image.numel()} voxels are NaN or infinite")
         if low == high:
             raise VolumeError(f"every voxel is {low:g}: the image is empty")
         affine = image.affine.numpy() if isinstance(image, MetaTensor) else np.eye(4)

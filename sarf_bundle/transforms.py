@@ -10,18 +10,22 @@ a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
     Orientationd(["image", "brain_mask"], axcodes="RAS")
     CropCranioCaudald(["image", "brain_mask"], source_key="image")  # slab found on the whole head
     SkullStripd("image", mask_key="brain_mask")                      # training and validation only
-    NormalizeIntensityd("image", nonzero=True)                       # z-score per volume
+    NormalizeNonzerod("image")                                       # z-score per volume (MONAI NormalizeIntensityd(nonzero=True), faster)
     SelectPercentileSlicesd("image")                                 # (7, 128, 128)
 
 The brain mask is computed from the image file (once, then read from a disk cache, see
 :mod:`sarf_bundle.skullstrip`) and loaded beside the image, so that orientation and crop treat both alike.
 Cropping before skull stripping puts the slab below the top of the head in training as at inference.
+
+Speed: beyond reading the file, the crop and the slice selection each make one pass over the volume, block by
+block (:func:`foreground_profiles`), and only the selected slices are resampled. ``NormalizeNonzerod`` computes
+the z-score of ``NormalizeIntensityd(nonzero=True)`` in a fraction of its time (see ``docs/performance.md``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Literal
 
@@ -41,11 +45,14 @@ __all__ = [
     "BrainMaskd",
     "CropCranioCaudal",
     "CropCranioCaudald",
+    "NormalizeNonzero",
+    "NormalizeNonzerod",
     "SelectPercentileSlices",
     "SelectPercentileSlicesd",
     "SkullStrip",
     "SkullStripd",
     "foreground_mask",
+    "foreground_profiles",
     "otsu_threshold",
 ]
 
@@ -80,6 +87,22 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return low + width * (between_class_variance.argmax().item() + 1)
 
 
+def _foreground_rule(values: torch.Tensor, threshold: float | Literal["otsu"]) -> tuple[float | None, float]:
+    """``(background, cutoff)`` of :func:`foreground_mask` for the float32 channel-first image ``values``.
+
+    A voxel is foreground where ``|v - background| > cutoff``, or, with ``background`` None (a number given as
+    threshold), where ``v > cutoff``.
+    """
+    if threshold != "otsu":
+        return None, threshold
+    step = max(1, round((values.numel() / 2**20) ** (1 / (values.ndim - 1))))
+    lattice = (slice(None),) + (slice(None, None, step),) * (values.ndim - 1)
+    sample = _memory_order(values[lattice])[0].contiguous()  # one strided read, then statistics on contiguous memory
+    low, high = sample.min().item(), sample.max().item()
+    background = low + (high - low) * (torch.histc(sample, 256, low, high).argmax().item() + 0.5) / 256
+    return background, otsu_threshold((sample - background).abs())
+
+
 def foreground_mask(img: torch.Tensor, threshold: float | Literal["otsu"] = "otsu") -> torch.Tensor:
     """Head (or brain) foreground of a channel-first image: voxels that are foreground in any channel.
 
@@ -87,7 +110,8 @@ def foreground_mask(img: torch.Tensor, threshold: float | Literal["otsu"] = "ots
     whole-head volume, the zeros around a skull-stripped brain (also after z-scoring, which puts brain voxels
     on both sides of it). The foreground is the voxels whose distance from it exceeds Otsu's threshold of
     that distance, whatever the intensity scale. The histograms use at most about 2**20 voxels on a regular
-    lattice. With a number, the foreground is the voxels above that intensity.
+    lattice. With a number, the foreground is the voxels above that intensity. For counts of the foreground
+    along the axes, :func:`foreground_profiles` is faster.
 
     Args:
         img: channel-first image ``(C, spatial...)``.
@@ -101,15 +125,97 @@ def foreground_mask(img: torch.Tensor, threshold: float | Literal["otsu"] = "ots
         [False, False, False, True, True, True]
     """
     values = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
-    if threshold != "otsu":
-        return (values > threshold).any(0)
-    step = max(1, round((values.numel() / 2**20) ** (1 / (values.ndim - 1))))
-    lattice = (slice(None),) + (slice(None, None, step),) * (values.ndim - 1)
-    sample = values[lattice]
-    low, high = sample.min().item(), sample.max().item()
-    background = low + (high - low) * (torch.histc(sample, 256, low, high).argmax().item() + 0.5) / 256
-    distance = (values - background).abs()
-    return (distance > otsu_threshold(distance[lattice])).any(0)
+    background, cutoff = _foreground_rule(values, threshold)
+    above = values > cutoff if background is None else (values - background).abs_() > cutoff
+    return above[0] if above.shape[0] == 1 else above.any(0)
+
+
+def _memory_order(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``values`` ``(C, spatial...)`` with its spatial axes permuted into memory order (outermost first), and that order.
+
+    Orientation transforms permute axes without copying; visiting the axes in memory order keeps the blocks
+    of :func:`_row_blocks` contiguous (for a permuted contiguous tensor), whatever the orientation.
+    """
+    order = sorted(range(values.ndim - 1), key=lambda a: values.stride(a + 1), reverse=True)
+    return values.permute(0, *(a + 1 for a in order)), order
+
+
+BLOCK_VOXELS = 2**15 - 1
+"""Voxels per block of the blocked passes: below torch's grain size (32768), so that each operation on a block runs
+in the calling thread. Many small parallel regions are slow when other processes keep the cores busy."""
+
+
+def _row_blocks(values: torch.Tensor, block_voxels: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Blocks of a channel-first tensor ``(C, A, B, rest...)`` in memory order, as ``(C, rows, R)`` views of its rows.
+
+    A row is the ``R`` voxels (of each channel) at one position ``(a, b)`` of the first two spatial axes; rows are
+    numbered ``a * B + b``. Each block holds about ``block_voxels`` voxels (at least one row) and comes with
+    the range of its row numbers. Rows of several planes of ``A`` are grouped when the tensor allows it
+    without copying, else blocks stay within one plane. For up to 3 spatial axes the blocks are views of
+    ``values`` (writing to them writes to it); with more, a block may be a copy.
+    """
+    n_channels, length, width = values.shape[:3]
+    row = values[0, 0, 0].numel()
+    step = max(1, block_voxels // (n_channels * row))
+    try:
+        rows = values.view(n_channels, length * width, row)
+    except RuntimeError:  # a crop of the middle axis: the planes are not adjacent in memory
+        for a in range(length):
+            for b in range(0, width, step):
+                block = values[:, a, b : b + step].reshape(n_channels, -1, row)
+                yield slice(a * width + b, a * width + b + block.shape[1]), block
+        return
+    for start in range(0, length * width, step):
+        yield slice(start, start + step), rows[:, start : start + step]
+
+
+def foreground_profiles(
+    img: torch.Tensor, threshold: float | Literal["otsu"] = "otsu", block_voxels: int = BLOCK_VOXELS
+) -> tuple[torch.Tensor, ...]:
+    """Foreground voxel counts along each spatial axis, without building the whole mask.
+
+    ``profiles[k][i]`` is the number of voxels of :func:`foreground_mask` with index ``i`` along spatial axis
+    ``k``: for a ``(C, X, Y, Z)`` volume, ``mask.sum((1, 2))``, ``mask.sum((0, 2))`` and ``mask.sum((0, 1))``
+    (the axial areas). The mask is made and counted block by block in memory order, so no temporary the
+    size of the volume is allocated and every operation works on a few cache-resident kilobytes; the counts
+    are exact and equal those of the mask.
+
+    Args:
+        img: channel-first image ``(C, spatial...)`` with at least two spatial axes.
+        threshold: ``"otsu"`` or an intensity.
+        block_voxels: voxels per block.
+
+    Returns:
+        One int64 tensor per spatial axis, of that axis' length.
+
+    Example:
+        >>> [p.tolist() for p in foreground_profiles(torch.tensor([[[0.0, 5.0], [5.0, 5.0]]]), threshold=1.0)]
+        [[1, 2], [1, 2]]
+    """
+    values = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
+    if values.ndim < 3:
+        raise ValueError(f"foreground_profiles needs a channel-first image with 2 or more spatial axes, got {tuple(values.shape)}")
+    background, cutoff = _foreground_rule(values, threshold)
+    values, order = _memory_order(values)
+    shape, n_dims = values.shape[1:], len(order)
+    rows = torch.zeros(shape[0] * shape[1], dtype=torch.float64, device=values.device)  # counts per row
+    trailing = torch.zeros(shape[2:].numel(), dtype=torch.float64, device=values.device)  # counts per position in a row
+    for numbers, block in _row_blocks(values, block_voxels):
+        mask = torch.empty_like(block) if background is None else torch.sub(block, background).abs_()
+        torch.gt(block if background is None else mask, cutoff, out=mask)  # 1.0 for foreground, else 0.0
+        mask = mask[0] if mask.shape[0] == 1 else mask.amax(0)
+        rows[numbers] = mask.sum(1)  # float32 sums of at most 2**15 ones: exact
+        trailing += mask.sum(0)
+    rows = rows.view(shape[0], shape[1])
+    profiles = [rows.sum(1), rows.sum(0)]
+    trailing = trailing.view(shape[2:])
+    for k in range(2, n_dims):
+        others = tuple(d for d in range(n_dims - 2) if d != k - 2)
+        profiles.append(trailing.sum(others) if others else trailing)
+    counts: list[torch.Tensor] = [torch.empty(0)] * n_dims
+    for profile, axis in zip(profiles, order):
+        counts[axis] = profile.round().long()
+    return tuple(counts)
 
 
 def _check_positive(name: str, value: object, integer: bool = False) -> None:
@@ -173,7 +279,7 @@ class CropCranioCaudal(Transform):
     def compute_slab(self, img: MetaTensor) -> slice:
         """Axial slice range (along the last axis) of the ``extent_mm`` below the top of the head in ``img``."""
         _check_volume(img, type(self).__name__)
-        axial_area = foreground_mask(img, self.threshold).sum((0, 1))
+        axial_area = foreground_profiles(img, self.threshold)[2]
         if axial_area.max() == 0:
             raise ValueError(f"{type(self).__name__} found no foreground above threshold {self.threshold!r}")
         top = int(torch.nonzero(axial_area >= 0.01 * axial_area.max()).max())
@@ -225,6 +331,83 @@ class CropCranioCaudald(MapTransform):
         slab = self.cropper.compute_slab(d[self.source_key])
         for key in self.key_iterator(d):
             d[key] = self.cropper.crop(d[key], slab)
+        return d
+
+
+class NormalizeNonzero(Transform):
+    """Z-score the non-zero voxels and keep the zeros: MONAI's ``NormalizeIntensity(nonzero=True)``, without its copies.
+
+    The mean and the (population) standard deviation are those of all non-zero voxels, over all channels
+    (``channel_wise=False``), accumulated in float64 and rounded to float32; a standard deviation of 0 counts
+    as 1. Each non-zero voxel becomes ``(v - mean) / std`` in float32, as in MONAI. Where MONAI gathers the
+    non-zero voxels into a new tensor and scatters them back (several passes with boolean indexing), this
+    reads the volume twice, block by block in memory order, and writes it once, so it costs a fraction of
+    the time. The results equal MONAI's up to the rounding of its float32 mean and standard deviation
+    (about 1e-7 relative). As MONAI's, it works in place on a float32 tensor (other types are converted first).
+
+    Args:
+        block_voxels: voxels per block.
+
+    Example:
+        >>> NormalizeNonzero()(torch.tensor([[0.0, 1.0, 3.0]])).tolist()
+        [[0.0, -1.0, 1.0]]
+    """
+
+    def __init__(self, block_voxels: int = BLOCK_VOXELS) -> None:
+        _check_positive("block_voxels", block_voxels, integer=True)
+        self.block_voxels = int(block_voxels)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Z-score the non-zero voxels of ``img`` (any shape, channel first); returns it (float32)."""
+        if not isinstance(img, torch.Tensor):
+            img = torch.as_tensor(img)
+        if img.dtype != torch.float32:
+            img = img.to(torch.float32)
+        values, _ = _memory_order(img.as_tensor() if isinstance(img, MetaTensor) else img)
+        count = int(torch.count_nonzero(values))
+        if count == 0:
+            return img
+        if values.ndim < 3:
+            values = values.reshape(values.shape[0], -1, 1)  # one spatial axis: as (C, X, 1), a view
+        # blocks are views for up to 3 spatial axes; more are rare enough to be done in one piece
+        blocks = [block for _, block in _row_blocks(values, self.block_voxels)] if values.ndim <= 4 else [values]
+        total = torch.zeros((), dtype=torch.float64, device=values.device)
+        total_squares = torch.zeros((), dtype=torch.float64, device=values.device)
+        for block in blocks:
+            block = block.double()
+            total += block.sum()
+            total_squares += block.square().sum()
+        mean = float(total) / count
+        std = max(float(total_squares) / count - mean * mean, 0.0) ** 0.5
+        mean, std = (float(torch.tensor(x, dtype=torch.float32)) for x in (mean, std))  # as MONAI's float32 .item()
+        std = std if std != 0.0 else 1.0
+        for block in blocks:
+            zero = block == 0
+            block.sub_(mean).div_(std).masked_fill_(zero, 0.0)
+        return img
+
+
+class NormalizeNonzerod(MapTransform):
+    """Dictionary-based :class:`NormalizeNonzero`, a faster ``NormalizeIntensityd(keys, nonzero=True)``.
+
+    Args:
+        keys: keys of the images to normalise, e.g. ``"image"``.
+        block_voxels: voxels per block.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Example:
+        >>> NormalizeNonzerod("image")({"image": torch.tensor([[0.0, 1.0, 3.0]])})["image"].tolist()
+        [[0.0, -1.0, 1.0]]
+    """
+
+    def __init__(self, keys: KeysCollection, block_voxels: int = BLOCK_VOXELS, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = NormalizeNonzero(block_voxels)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key])
         return d
 
 
@@ -304,10 +487,9 @@ class SelectPercentileSlices(Transform):
             centre_x, centre_y = (n_x - 1) / 2, (n_y - 1) / 2
         else:
             fov_mm = float(self.fov_mm)
-            head = foreground_mask(img, self.threshold)
-            if not head.any():
+            area_x, area_y, _ = (p.double() for p in foreground_profiles(img, self.threshold))
+            if area_x.sum() == 0:
                 raise ValueError(f"{name} found no foreground above threshold {self.threshold!r}")
-            area_x, area_y = head.sum((1, 2)).double(), head.sum((0, 2)).double()
             centre_x = float((area_x * torch.arange(n_x, device=area_x.device)).sum() / area_x.sum())
             centre_y = float((area_y * torch.arange(n_y, device=area_y.device)).sum() / area_y.sum())
         pixel_mm = fov_mm / self.size

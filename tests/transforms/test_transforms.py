@@ -21,11 +21,14 @@ from sarf_bundle.transforms import (
     BrainMaskd,
     CropCranioCaudal,
     CropCranioCaudald,
+    NormalizeNonzero,
+    NormalizeNonzerod,
     SelectPercentileSlices,
     SelectPercentileSlicesd,
     SkullStrip,
     SkullStripd,
     foreground_mask,
+    foreground_profiles,
     otsu_threshold,
 )
 
@@ -254,3 +257,47 @@ def test_foreground_on_both_sides_of_a_zero_background():
     img[0, 2:5, 2:5], img[0, 5:8, 5:8] = -1.5, 2.0
     assert torch.equal(foreground_mask(img), img[0] != 0)
     assert not foreground_mask(torch.full((1, 4, 4), 3.0)).any()
+
+
+@pytest.mark.parametrize("permutation", [(0, 1, 2, 3), (0, 3, 1, 2), (0, 2, 3, 1)])
+@pytest.mark.parametrize("threshold", ["otsu", 150.0])
+@pytest.mark.parametrize("block_voxels", [100, 2**15 - 1, 10**7])
+def test_foreground_profiles_equal_mask_sums(permutation, threshold, block_voxels):
+    data = torch.as_tensor(head((30, 26, 22), SPACING, top=19)["image"])[None]
+    for img in (data.permute(permutation), data.permute(permutation)[:, 2:-3, 1:, :-4], torch.cat([data, data.flip(1) / 2])):
+        mask = foreground_mask(img, threshold)
+        profiles = foreground_profiles(img, threshold, block_voxels=block_voxels)
+        assert [p.tolist() for p in profiles] == [mask.sum(tuple(d for d in range(3) if d != k)).tolist() for k in range(3)]
+
+
+def test_foreground_profiles_of_a_slice():
+    img = torch.zeros(1, 6, 5)
+    img[0, 1:4, 2:5] = 3.0
+    assert [p.tolist() for p in foreground_profiles(img, threshold=1.0)] == [[0, 3, 3, 3, 0, 0], [0, 0, 3, 3, 3]]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "permuted", "cropped", "two channels", "int16"])
+def test_normalize_nonzero_matches_monai(layout):
+    data = torch.as_tensor(head((30, 26, 22), SPACING, top=19)["image"])[None]
+    data[0, :, :, :3] = 0.0
+    img = {
+        "contiguous": data,
+        "permuted": data.permute(0, 3, 1, 2),
+        "cropped": data.permute(0, 2, 3, 1)[:, 2:, :-5],
+        "two channels": torch.cat([data, 2 * data + 1]),
+        "int16": data.round().to(torch.int16),
+    }[layout]
+    expected = NormalizeIntensity(nonzero=True)(img.clone())
+    result = NormalizeNonzero(block_voxels=500)(img.clone())
+    assert result.dtype == torch.float32 and result.shape == img.shape
+    assert torch.allclose(result, expected, atol=1e-5) and torch.equal(result == 0, expected == 0)
+
+
+def test_normalize_nonzero_in_place_dictionary_and_edge_cases():
+    img = volume(np.random.default_rng(0).uniform(1, 2, (6, 6, 6)) * (np.arange(6) < 4))
+    out = NormalizeNonzerod("image")({"image": img})["image"]
+    assert out is img and isinstance(out, MetaTensor) and torch.equal(out.affine, img.affine)
+    nonzero = out[out != 0]
+    assert abs(float(nonzero.mean())) < 1e-5 and float(nonzero.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
+    assert not NormalizeNonzero()(torch.zeros(1, 4, 4)).any()
+    assert NormalizeNonzero()(torch.tensor([[0.0, 2.0, 2.0]])).tolist() == [[0.0, 0.0, 0.0]]  # constant: std counts as 1
