@@ -23,6 +23,7 @@ __all__ = [
     "InferenceDataset",
     "SliceBatch",
     "VolumeOutput",
+    "error_message",
     "item_name",
     "list_volumes",
     "load_datalist",
@@ -105,6 +106,12 @@ def item_name(item: dict) -> str:
     return str(item.get("name", item["image"]))
 
 
+def error_message(error: BaseException) -> str:
+    """One line naming what went wrong: the type and text of the error's cause (MONAI wraps transform errors)."""
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {cause}".replace("\n", " ")
+
+
 class InferenceDataset(Dataset):
     """A dataset that never fails on a bad input: the item gets ``status="error"`` and a ``message``.
 
@@ -136,8 +143,7 @@ class InferenceDataset(Dataset):
             image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
             return {"image": image, **row, "status": "ok", "message": item.get("note", ""), "warning": item.get("warning", "")}
         except Exception as error:  # a bad input must not stop the run: record it in its row
-            cause = error.__cause__ or error
-            message = f"{type(cause).__name__}: {cause}".replace("\n", " ")
+            message = error_message(error)
             return {"image": torch.zeros(self.placeholder_shape), **row, "status": "error", "message": message}
 
 

@@ -17,7 +17,7 @@ from .files import atomic_write_bytes
 from .relevance import relevance_maps
 from .visualize import relevance_figure
 
-__all__ = ["as_list", "class_map_similarity", "explain", "explain_slices"]
+__all__ = ["as_list", "class_map_similarity", "explain", "explain_slices", "named_checkpoints"]
 
 
 def as_list(value: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -25,6 +25,22 @@ def as_list(value: str | os.PathLike | Sequence[str]) -> list[str]:
     if isinstance(value, (str, os.PathLike)):
         return [v.strip() for v in str(value).split(",") if v.strip()]
     return [str(v) for v in value]
+
+
+def named_checkpoints(model: str | os.PathLike | Sequence[str], names: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Checkpoints and their display names, both given as lists or comma-separated strings.
+
+    Without names, each checkpoint is named by the folder that holds its ``models/`` (``runs/sarf/models/model.pt``
+    is ``sarf``).
+
+    Raises:
+        ValueError: when the names are not one distinct name per checkpoint.
+    """
+    checkpoints = as_list(model)
+    names = (as_list(names) if names is not None else []) or [Path(c).resolve().parent.parent.name or str(c) for c in checkpoints]
+    if len(names) != len(checkpoints) or len(set(names)) != len(names):
+        raise ValueError(f"names must give each of the {len(checkpoints)} models a distinct name, got {names}.")
+    return checkpoints, names
 
 
 def explain_slices(bundle: InferenceBundle, slices: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +102,7 @@ def explain(
     Raises:
         ValueError: when the volume cannot be read, or ``names`` does not match the models.
     """
-    checkpoints, names = as_list(model), as_list(names) if names is not None else None
-    names = names or [Path(c).resolve().parent.parent.name or str(c) for c in checkpoints]
-    if len(names) != len(checkpoints) or len(set(names)) != len(names):
-        raise ValueError(f"names must give each of the {len(checkpoints)} models a distinct name, got {names}.")
+    checkpoints, names = named_checkpoints(model, names)
     bundles = [load_inference_bundle(c, **overrides) for c in checkpoints]
     slices = bundles[0].load(volume)
     relevance, probabilities, seconds = {}, {}, {}

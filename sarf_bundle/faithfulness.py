@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from .bundle import InferenceBundle, load_inference_bundle
 from .data import load_datalist, volume_probabilities
-from .explain import as_list, explain_slices
+from .explain import as_list, explain_slices, named_checkpoints
 from .files import atomic_write_text
 from .metrics import FAMILIES, classification_metrics
 from .visualize import road_figure
@@ -363,10 +363,7 @@ def faithfulness(
         raise ValueError(f"target must be 'predicted' or 'label', got {target!r}.")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}.")
-    checkpoints = as_list(model)
-    names = as_list(names) if names is not None else [Path(c).resolve().parent.parent.name for c in checkpoints]
-    if len(names) != len(checkpoints) or len(set(names)) != len(names):
-        raise ValueError(f"names must give each of the {len(checkpoints)} models a distinct name, got {names}.")
+    checkpoints, names = named_checkpoints(model, names)
     levels = [float(v) for v in (as_list(levels) if isinstance(levels, str) else levels)]
     entries = load_datalist(datalist, split)[:limit]
     out = Path(out)

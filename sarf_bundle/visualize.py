@@ -15,7 +15,16 @@ import numpy as np  # noqa: E402
 
 from . import SEQUENCES  # noqa: E402
 
-__all__ = ["axial_slice", "datalist_montage", "radiological", "relevance_figure", "road_figure"]
+__all__ = ["axial_slice", "datalist_montage", "radiological", "relevance_figure", "road_figure", "save_figure"]
+
+
+def save_figure(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
+    """Save a figure (its folder created) and close it; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
 
 
 def radiological(array: np.ndarray) -> np.ndarray:
@@ -73,11 +82,7 @@ def datalist_montage(datalist: str | Path, out: str | Path, subjects: int = 2, s
             ax.set_title(f"{name} {sequence}\n{acq.get('kind', '')} {acq.get('field_t', '')}T {acq.get('orientation', '')}", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def relevance_figure(
@@ -134,11 +139,7 @@ def relevance_figure(
     lines = ([title] if title else []) + lines
     fig.suptitle("\n".join(lines), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.14 * len(lines) / fig.get_figheight()))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=72)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=72)
 
 
 def road_figure(levels: Sequence[float], decrease: dict[str, Sequence[float]], out: str | Path, metric: str = "F1") -> Path:
@@ -162,8 +163,4 @@ def road_figure(levels: Sequence[float], decrease: dict[str, Sequence[float]], o
     ax.set_title("ROAD, most relevant first, noisy linear imputation", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

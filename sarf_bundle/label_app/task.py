@@ -25,7 +25,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from sarf_bundle.data import SliceBatch, volume_probabilities
+from sarf_bundle.data import SliceBatch, error_message, volume_probabilities
 
 __all__ = ["ImageError", "SequenceInferTask"]
 
@@ -109,8 +109,7 @@ class SequenceInferTask(BasicInferTask):
         try:
             return super().run_pre_transforms(data, transforms)
         except Exception as error:
-            cause = error.__cause__ or error
-            problem = f"{type(cause).__name__}: {cause}".replace("\n", " ")
+            problem = error_message(error)
             raise ImageError(f"{data.get('image_path', data.get(self.input_key))}: cannot be classified ({problem})") from error
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
