@@ -27,15 +27,15 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import nibabel as nib
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, MaskIntensity, SpatialCrop, Transform
-from monai.utils import MetaKeys, convert_to_tensor
+from monai.transforms import MapTransform, MaskIntensity, RandomizableTransform, SpatialCrop, Transform
+from monai.utils import MetaKeys, convert_to_tensor, ensure_tuple_rep
 
 from .skullstrip import SKULL_STRIP_BACKENDS, SkullStripper
 
@@ -45,12 +45,14 @@ __all__ = [
     "BrainMaskd",
     "CropCranioCaudal",
     "CropCranioCaudald",
-    "NormalizeNonzero",
-    "NormalizeNonzerod",
+    "NormalizeCentral",
+    "NormalizeCentrald",
+    "RandSkullStripd",
     "SelectPercentileSlices",
     "SelectPercentileSlicesd",
     "SkullStrip",
     "SkullStripd",
+    "SliceGeometry",
     "foreground_mask",
     "foreground_profiles",
     "otsu_threshold",
@@ -251,9 +253,9 @@ def _check_volume(img: object, transform: str) -> None:
 class CropCranioCaudal(Transform):
     """Crop a RAS volume to the ``extent_mm`` below the top of the head (paper: 140 mm cranio-caudal).
 
-    The top of the head is the most superior axial slice whose foreground (see :func:`foreground_mask`)
-    covers at least 1 % of the largest axial foreground area, so that isolated noise voxels above the head
-    are ignored. The slab keeps the number of slices closest to ``extent_mm`` (fewer if the volume is
+    The top of the head is found by walking up from the axial slice of the largest foreground area (see
+    :func:`foreground_mask`) to the last slice whose foreground covers at least 1 % of that area, so that
+    isolated noise voxels and bright edge slices above the head, separated from it by background, are ignored. The slab keeps the number of slices closest to ``extent_mm`` (fewer if the volume is
     shorter) and is cut with MONAI's :class:`~monai.transforms.SpatialCrop`, which updates the affine.
 
     Args:
@@ -282,7 +284,9 @@ class CropCranioCaudal(Transform):
         axial_area = foreground_profiles(img, self.threshold)[2]
         if axial_area.max() == 0:
             raise ValueError(f"{type(self).__name__} found no foreground above threshold {self.threshold!r}")
-        top = int(torch.nonzero(axial_area >= 0.01 * axial_area.max()).max())
+        peak = int(axial_area.argmax())
+        above = torch.nonzero(axial_area[peak:] < 0.01 * axial_area.max())
+        top = peak + int(above[0]) - 1 if len(above) else len(axial_area) - 1
         n_slices = max(1, round(self.extent_mm / float(img.pixdim[2])))
         return slice(max(top + 1 - n_slices, 0), top + 1)
 
@@ -334,94 +338,36 @@ class CropCranioCaudald(MapTransform):
         return d
 
 
-class NormalizeNonzero(Transform):
-    """Z-score the non-zero voxels and keep the zeros: MONAI's ``NormalizeIntensity(nonzero=True)``, without its copies.
+class SliceGeometry(NamedTuple):
+    """Where :class:`SelectPercentileSlices` samples a volume: the slice levels and the in-plane centre.
 
-    The mean and the (population) standard deviation are those of all non-zero voxels, over all channels
-    (``channel_wise=False``), accumulated in float64 and rounded to float32; a standard deviation of 0 counts
-    as 1. Each non-zero voxel becomes ``(v - mean) / std`` in float32, as in MONAI. Where MONAI gathers the
-    non-zero voxels into a new tensor and scatters them back (several passes with boolean indexing), this
-    reads the volume twice, block by block in memory order, and writes it once, so it costs a fraction of
-    the time. The results equal MONAI's up to the rounding of its float32 mean and standard deviation
-    (about 1e-7 relative). As MONAI's, it works in place on a float32 tensor (other types are converted first).
-
-    Args:
-        block_voxels: voxels per block.
-
-    Example:
-        >>> NormalizeNonzero()(torch.tensor([[0.0, 1.0, 3.0]])).tolist()
-        [[0.0, -1.0, 1.0]]
+    Attributes:
+        levels: float voxel positions along the cranio-caudal (last) axis, one per slice.
+        centre: ``(x, y)`` voxel position of the centre of the field of view.
     """
 
-    def __init__(self, block_voxels: int = BLOCK_VOXELS) -> None:
-        _check_positive("block_voxels", block_voxels, integer=True)
-        self.block_voxels = int(block_voxels)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Z-score the non-zero voxels of ``img`` (any shape, channel first); returns it (float32)."""
-        if not isinstance(img, torch.Tensor):
-            img = torch.as_tensor(img)
-        if img.dtype != torch.float32:
-            img = img.to(torch.float32)
-        values, _ = _memory_order(img.as_tensor() if isinstance(img, MetaTensor) else img)
-        count = int(torch.count_nonzero(values))
-        if count == 0:
-            return img
-        if values.ndim < 3:
-            values = values.reshape(values.shape[0], -1, 1)  # one spatial axis: as (C, X, 1), a view
-        # blocks are views for up to 3 spatial axes; more are rare enough to be done in one piece
-        blocks = [block for _, block in _row_blocks(values, self.block_voxels)] if values.ndim <= 4 else [values]
-        total = torch.zeros((), dtype=torch.float64, device=values.device)
-        total_squares = torch.zeros((), dtype=torch.float64, device=values.device)
-        for block in blocks:
-            block = block.double()
-            total += block.sum()
-            total_squares += block.square().sum()
-        mean = float(total) / count
-        std = max(float(total_squares) / count - mean * mean, 0.0) ** 0.5
-        mean, std = (float(torch.tensor(x, dtype=torch.float32)) for x in (mean, std))  # as MONAI's float32 .item()
-        std = std if std != 0.0 else 1.0
-        for block in blocks:
-            zero = block == 0
-            block.sub_(mean).div_(std).masked_fill_(zero, 0.0)
-        return img
-
-
-class NormalizeNonzerod(MapTransform):
-    """Dictionary-based :class:`NormalizeNonzero`, a faster ``NormalizeIntensityd(keys, nonzero=True)``.
-
-    Args:
-        keys: keys of the images to normalise, e.g. ``"image"``.
-        block_voxels: voxels per block.
-        allow_missing_keys: don't raise an exception if a key is missing.
-
-    Example:
-        >>> NormalizeNonzerod("image")({"image": torch.tensor([[0.0, 1.0, 3.0]])})["image"].tolist()
-        [[0.0, -1.0, 1.0]]
-    """
-
-    def __init__(self, keys: KeysCollection, block_voxels: int = BLOCK_VOXELS, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.normalizer = NormalizeNonzero(block_voxels)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.normalizer(d[key])
-        return d
+    levels: torch.Tensor
+    centre: tuple[float, float]
 
 
 class SelectPercentileSlices(Transform):
-    """Axial slices at percentiles of the cranio-caudal extent, resampled in-plane to a square grid.
+    """Axial slices at fixed depths below the top of the head, resampled in-plane to a square grid about the head.
 
-    The paper selects 7 slices at percentiles 20, 30, ..., 80. Percentile ``p`` of a volume of ``Z``
-    slices lies at ``z = p / 100 * (Z - 1)``; between two slices the value is interpolated linearly.
-    Only the selected slices are resampled in-plane (bilinear, zero outside the volume), never the volume:
+    The paper crops ``extent_mm`` = 140 mm cranio-caudally and selects 7 slices at percentiles 20, 30, ..., 80 of
+    that crop. Here percentile ``p`` is the fixed depth ``(1 - p / 100) * extent_mm`` below the top of the head,
+    which is the last (most superior) slice after :class:`CropCranioCaudal`: on a full slab this is the paper's
+    percentile, and a volume that covers less of the head gets its slices at the same anatomical levels (depths
+    below its lowest slice take that slice). Between two slices the value is interpolated linearly. Only the
+    selected slices are resampled in-plane (zero outside the volume), never the volume:
 
     - with ``fov_mm``, onto ``size x size`` pixels of ``fov_mm / size`` millimetres, centred on the in-plane
-      centroid of the volume's foreground (see :func:`foreground_mask`), so the physical aspect ratio is kept;
+      centroid of the foreground (see :func:`foreground_mask`), so the physical aspect ratio is kept;
     - with ``fov_mm=None``, the slice's full in-plane extent is padded to a square about its centre and
       resized to ``size x size`` (aspect ratio kept).
+
+    :meth:`compute_geometry` finds the levels and the centre; the dictionary version finds them on the whole
+    head (``source_key``) and samples the brain mask with them too, so that a skull-stripped training volume
+    and the whole-head volume give the same slices.
 
     The result is a MetaTensor of shape ``(len(percentiles), size, size)``: the slices stacked on the channel
     axis, spatial axes in the volume's R and A directions. Its 3x3 affine maps pixel ``(i, j)`` to the RAS
@@ -429,16 +375,17 @@ class SelectPercentileSlices(Transform):
     pixel spacing; the other metadata of the volume are kept.
 
     Args:
-        percentiles: percentiles of the cranio-caudal extent, each in ``[0, 100]``.
+        percentiles: percentiles of ``extent_mm``, each in ``[0, 100]``; 100 is the top of the head.
+        extent_mm: the cranio-caudal extent the percentiles refer to, in millimetres (the crop's).
         size: side of the square output, in pixels.
         fov_mm: side of the square field of view, in millimetres, or ``None`` for the slice's full extent.
         threshold: foreground threshold for the centre, ``"otsu"`` or an intensity; unused if ``fov_mm=None``.
 
     Raises:
         TypeError: an argument has a wrong type; the input is not a MetaTensor.
-        ValueError: a percentile is outside ``[0, 100]``; ``size`` or ``fov_mm`` is not positive;
-            ``threshold`` is an unknown string; the input is not a ``(1, X, Y, Z)`` RAS volume, has
-            fewer than 2 slices or no foreground.
+        ValueError: a percentile is outside ``[0, 100]``; ``size``, ``extent_mm`` or ``fov_mm`` is not positive;
+            ``threshold`` is an unknown string; the input is not a ``(1, X, Y, Z)`` RAS volume, has fewer than 2
+            slices or no foreground.
 
     Example:
         >>> select = SelectPercentileSlices(percentiles=(20, 30, 40, 50, 60, 70, 80), size=128, fov_mm=240.0)
@@ -448,6 +395,7 @@ class SelectPercentileSlices(Transform):
     def __init__(
         self,
         percentiles: Sequence[float] = (20, 30, 40, 50, 60, 70, 80),
+        extent_mm: float = 140.0,
         size: int = 128,
         fov_mm: float | None = 240.0,
         threshold: float | Literal["otsu"] = "otsu",
@@ -459,46 +407,70 @@ class SelectPercentileSlices(Transform):
                 raise TypeError(f"percentiles must be numbers, got {p!r} ({type(p).__name__}) in {percentiles!r}")
             if not 0 <= p <= 100:
                 raise ValueError(f"percentiles must lie in [0, 100], got {p!r} in {percentiles!r}")
+        _check_positive("extent_mm", extent_mm)
         _check_positive("size", size, integer=True)
         if fov_mm is not None:
             _check_positive("fov_mm", fov_mm)
         _check_threshold(threshold)
         self.percentiles = tuple(float(p) for p in percentiles)
+        self.extent_mm = float(extent_mm)
         self.size = int(size)
         self.fov_mm = fov_mm
         self.threshold = threshold
 
-    def __call__(self, img: MetaTensor) -> MetaTensor:
-        """Select the slices of ``img`` of shape ``(1, X, Y, Z)``; returns ``(len(percentiles), size, size)``."""
+    def compute_geometry(self, img: MetaTensor) -> SliceGeometry:
+        """The slice levels and in-plane centre of ``img`` of shape ``(1, X, Y, Z)`` (RAS)."""
         name = type(self).__name__
         _check_volume(img, name)
         _, n_x, n_y, n_z = img.shape
         if n_z < 2:
             raise ValueError(f"{name}: volume has {n_z} slices along the cranio-caudal axis; at least 2 needed")
+        depth_mm = (1 - torch.tensor(self.percentiles, dtype=torch.float64) / 100) * self.extent_mm
+        levels = ((n_z - 1) - depth_mm / float(img.pixdim[2])).clamp(0, n_z - 1)
+        if self.fov_mm is None:
+            return SliceGeometry(levels, ((n_x - 1) / 2, (n_y - 1) / 2))
+        area_x, area_y, _ = (p.double() for p in foreground_profiles(img, self.threshold))
+        if area_x.sum() == 0:
+            raise ValueError(f"{name} found no foreground above threshold {self.threshold!r}")
+        centre_x = float((area_x * torch.arange(n_x, device=area_x.device)).sum() / area_x.sum())
+        centre_y = float((area_y * torch.arange(n_y, device=area_y.device)).sum() / area_y.sum())
+        return SliceGeometry(levels, (centre_x, centre_y))
+
+    def __call__(
+        self, img: MetaTensor, geometry: SliceGeometry | None = None, mode: Literal["bilinear", "nearest"] = "bilinear"
+    ) -> MetaTensor:
+        """Select the slices of ``img`` of shape ``(1, X, Y, Z)``; returns ``(len(percentiles), size, size)``.
+
+        Args:
+            img: the RAS volume.
+            geometry: where to sample, e.g. found on another image of the same grid; ``None`` finds it on ``img``.
+            mode: ``"bilinear"`` for images, ``"nearest"`` for masks (also along the cranio-caudal axis).
+        """
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        if geometry is None:
+            geometry = self.compute_geometry(img)
+        _check_volume(img, type(self).__name__)
+        _, n_x, n_y, n_z = img.shape
         volume = img.as_tensor()[0].float()
-        z = torch.tensor(self.percentiles, dtype=torch.float64, device=volume.device) / 100 * (n_z - 1)
-        lower = z.floor().long().clamp(max=n_z - 2)
+        z = geometry.levels.to(volume.device)
+        lower = z.floor().long().clamp(max=max(n_z - 2, 0))
         weight = (z - lower).float()
-        slices = (volume[..., lower] * (1 - weight) + volume[..., lower + 1] * weight).permute(2, 0, 1)
+        if mode == "nearest":
+            weight = weight.round()
+        upper = (lower + 1).clamp(max=n_z - 1)
+        slices = (volume[..., lower] * (1 - weight) + volume[..., upper] * weight).permute(2, 0, 1)
 
         spacing_x, spacing_y = (float(s) for s in img.pixdim[:2])
-        if self.fov_mm is None:
-            fov_mm = max(n_x * spacing_x, n_y * spacing_y)
-            centre_x, centre_y = (n_x - 1) / 2, (n_y - 1) / 2
-        else:
-            fov_mm = float(self.fov_mm)
-            area_x, area_y, _ = (p.double() for p in foreground_profiles(img, self.threshold))
-            if area_x.sum() == 0:
-                raise ValueError(f"{name} found no foreground above threshold {self.threshold!r}")
-            centre_x = float((area_x * torch.arange(n_x, device=area_x.device)).sum() / area_x.sum())
-            centre_y = float((area_y * torch.arange(n_y, device=area_y.device)).sum() / area_y.sum())
+        fov_mm = max(n_x * spacing_x, n_y * spacing_y) if self.fov_mm is None else float(self.fov_mm)
+        centre_x, centre_y = geometry.centre
         pixel_mm = fov_mm / self.size
         offsets_mm = (torch.arange(self.size, device=volume.device) - (self.size - 1) / 2) * pixel_mm
         voxel_x = centre_x + offsets_mm / spacing_x
         voxel_y = centre_y + offsets_mm / spacing_y
         grid_x, grid_y = torch.meshgrid(2 * voxel_x / (n_x - 1) - 1, 2 * voxel_y / (n_y - 1) - 1, indexing="ij")
         grid = torch.stack([grid_y, grid_x], dim=-1)[None]
-        resampled = F.grid_sample(slices[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+        resampled = F.grid_sample(slices[None], grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
 
         affine = img.affine.double().cpu()
         in_plane = affine[:2, :2] * torch.tensor([pixel_mm / spacing_x, pixel_mm / spacing_y], dtype=torch.float64)
@@ -511,41 +483,165 @@ class SelectPercentileSlices(Transform):
 
 
 class SelectPercentileSlicesd(MapTransform):
-    """Dictionary-based :class:`SelectPercentileSlices`; each key is processed on its own.
+    """Dictionary-based :class:`SelectPercentileSlices`: the levels and centre found on ``source_key`` sample every key.
 
     Args:
-        keys: keys of the ``(1, X, Y, Z)`` volumes, e.g. ``"image"``.
-        percentiles: percentiles of the cranio-caudal extent, each in ``[0, 100]``.
+        keys: keys of the ``(1, X, Y, Z)`` volumes, e.g. ``["image", "brain_mask"]``, all on one grid.
+        source_key: key of the image whose head gives the levels and the centre (the whole head, before skull
+            stripping); ``None`` finds them on each key's own image.
+        percentiles: percentiles of ``extent_mm``, each in ``[0, 100]``.
+        extent_mm: the cranio-caudal extent the percentiles refer to, in millimetres.
         size: side of the square output, in pixels.
         fov_mm: side of the square field of view, in millimetres, or ``None`` for the slice's full extent.
         threshold: foreground threshold for the centre, ``"otsu"`` or an intensity.
+        mode: interpolation per key (``"bilinear"`` or ``"nearest"``), one for all keys or a sequence.
         allow_missing_keys: don't raise an exception if a key is missing.
 
     Raises:
         See :class:`SelectPercentileSlices`.
 
     Example:
-        >>> select = SelectPercentileSlicesd("image", size=128, fov_mm=240.0)
-        >>> select({"image": slab})["image"].shape
+        >>> select = SelectPercentileSlicesd(["image", "brain_mask"], source_key="image", mode=["bilinear", "nearest"])
+        >>> select({"image": slab, "brain_mask": mask})["image"].shape
         torch.Size([7, 128, 128])
     """
 
     def __init__(
         self,
         keys: KeysCollection,
+        source_key: str | None = None,
         percentiles: Sequence[float] = (20, 30, 40, 50, 60, 70, 80),
+        extent_mm: float = 140.0,
         size: int = 128,
         fov_mm: float | None = 240.0,
         threshold: float | Literal["otsu"] = "otsu",
+        mode: str | Sequence[str] = "bilinear",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.selector = SelectPercentileSlices(percentiles=percentiles, size=size, fov_mm=fov_mm, threshold=threshold)
+        self.source_key = source_key
+        self.mode = ensure_tuple_rep(mode, len(self.keys))
+        self.selector = SelectPercentileSlices(percentiles, extent_mm, size, fov_mm, threshold)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        geometry = None if self.source_key is None else self.selector.compute_geometry(d[self.source_key])
+        for key, mode in self.key_iterator(d, self.mode):
+            d[key] = self.selector(d[key], geometry, mode)
+        return d
+
+
+class NormalizeCentral(Transform):
+    """Z-score a slice stack with statistics of its central region, which is brain with and without the skull.
+
+    The paper z-scores each volume. Statistics over the whole volume differ between a skull-stripped volume
+    (brain only) and a whole-head one (brain, scalp, skull, air), so here they come from the non-zero pixels
+    within ``radius_mm`` of the slice centre, over the slices ``slices`` (by default all): :class:`SelectPercentileSlices`
+    centres the slices on the head, so this disc is brain in both cases, except in the lowest slices, where it
+    reaches the skull base and the sinuses (leave those out). ``statistics="robust"`` takes the median and
+    ``IQR / 1.349`` (the standard deviation of a normal distribution with that interquartile range), so the
+    little skull a top slice may put inside the disc hardly moves them; ``"moments"`` takes the mean and the
+    standard deviation. Every pixel is then mapped by the same ``(v - centre) / scale``, so the zero background of
+    a stripped volume becomes the value of air.
+
+    Args:
+        radius_mm: radius of the central disc, in millimetres.
+        statistics: ``"robust"`` or ``"moments"``.
+        slices: indices of the slices the statistics come from, ``None`` for all.
+
+    Raises:
+        TypeError: ``radius_mm`` is not a number; ``slices`` is not a sequence of ints; the input is not a
+            MetaTensor with a 2D (3x3) affine.
+        ValueError: ``radius_mm`` is not positive; ``statistics`` is unknown; the input is not ``(S, H, W)`` or
+            has no slice of ``slices``.
+
+    Example:
+        >>> normalize = NormalizeCentral(radius_mm=40.0)
+        >>> slices = normalize(select(slab))  # (7, 128, 128): the central brain has median 0, IQR 1.349
+    """
+
+    def __init__(
+        self,
+        radius_mm: float = 40.0,
+        statistics: Literal["robust", "moments"] = "robust",
+        slices: Sequence[int] | None = None,
+    ) -> None:
+        _check_positive("radius_mm", radius_mm)
+        if statistics not in ("robust", "moments"):
+            raise ValueError(f"statistics must be 'robust' or 'moments', got {statistics!r}")
+        if slices is not None and (
+            isinstance(slices, str) or not isinstance(slices, Sequence) or not slices
+            or not all(isinstance(i, Integral) and not isinstance(i, bool) for i in slices)
+        ):
+            raise TypeError(f"slices must be a non-empty sequence of slice indices or None, got {slices!r}")
+        self.radius_mm = float(radius_mm)
+        self.statistics = statistics
+        self.slices = None if slices is None else [int(i) for i in slices]
+
+    def central_values(self, img: MetaTensor) -> torch.Tensor:
+        """The non-zero pixels of ``img`` (``(S, H, W)``) within ``radius_mm`` of the centre of ``slices`` (all
+        non-zero pixels of those slices if none)."""
+        name = type(self).__name__
+        if not isinstance(img, MetaTensor) or img.affine.shape != (3, 3):
+            raise TypeError(f"{name} needs the slice stack of SelectPercentileSlices (a MetaTensor with a 3x3 affine), got {type(img).__name__}")
+        if img.ndim != 3:
+            raise ValueError(f"{name} expects a slice stack of shape (S, H, W), got {tuple(img.shape)}")
+        values = img.as_tensor().float()
+        if self.slices is not None:
+            if max(self.slices) >= len(values) or min(self.slices) < -len(values):
+                raise ValueError(f"{name}: slices {self.slices} do not exist in a stack of {len(values)} slices")
+            values = values[self.slices]
+        spacing = [float(s) for s in img.pixdim[:2]]
+        axes = [(torch.arange(n, device=values.device) - (n - 1) / 2) * s for n, s in zip(values.shape[1:], spacing)]
+        x, y = torch.meshgrid(*axes, indexing="ij")
+        central = values[:, x**2 + y**2 <= self.radius_mm**2]
+        central = central[central != 0]
+        return central if central.numel() else values[values != 0]
+
+    def __call__(self, img: MetaTensor) -> MetaTensor:
+        """The z-scored copy of ``img`` of shape ``(S, H, W)`` (float32); an all-zero stack is returned as it is."""
+        values = self.central_values(img).double()
+        if values.numel() == 0:
+            return img
+        if self.statistics == "robust":
+            q1, centre, q3 = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64, device=values.device))
+            scale = (q3 - q1) / 1.349
+        else:
+            centre, scale = values.mean(), values.std(correction=0)
+        scale = float(scale) if float(scale) > 0 else 1.0
+        return (img.float() - float(centre)) / scale
+
+
+class NormalizeCentrald(MapTransform):
+    """Dictionary-based :class:`NormalizeCentral`.
+
+    Args:
+        keys: keys of the slice stacks, e.g. ``"image"``.
+        radius_mm: radius of the central disc, in millimetres.
+        statistics: ``"robust"`` or ``"moments"``.
+        slices: indices of the slices the statistics come from, ``None`` for all.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Example:
+        >>> NormalizeCentrald("image", radius_mm=40.0)({"image": slices})["image"].shape
+        torch.Size([7, 128, 128])
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        radius_mm: float = 40.0,
+        statistics: Literal["robust", "moments"] = "robust",
+        slices: Sequence[int] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = NormalizeCentral(radius_mm, statistics, slices)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.selector(d[key])
+            d[key] = self.normalizer(d[key])
         return d
 
 
@@ -719,4 +815,41 @@ class SkullStripd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.stripper(d[key], d.get(self.mask_key))
+        return d
+
+
+class RandSkullStripd(RandomizableTransform, MapTransform):
+    """Dictionary-based :class:`SkullStrip` applied with probability ``prob``: a training set of stripped and whole heads.
+
+    The paper strips every training volume (``prob=1``, the same as :class:`SkullStripd`). A smaller ``prob``
+    leaves some training volumes whole-head, as the volumes to classify are.
+
+    Args:
+        keys: keys of the images to strip, e.g. ``"image"``.
+        mask_key: key of the brain mask, on the grid of every image in ``keys``.
+        prob: probability of stripping a volume.
+        allow_missing_keys: don't raise an exception if a key in ``keys`` is missing.
+
+    Raises:
+        See :class:`SkullStrip`.
+
+    Example:
+        >>> strip = RandSkullStripd("image", mask_key="brain_mask", prob=0.5)
+        >>> data = strip({"image": slices, "brain_mask": mask_slices})
+    """
+
+    def __init__(
+        self, keys: KeysCollection, mask_key: str = "brain_mask", prob: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.mask_key = mask_key
+        self.stripper = SkullStrip()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        for key in self.key_iterator(d):
+            if self._do_transform:
+                d[key] = self.stripper(d[key], d.get(self.mask_key))
         return d

@@ -30,6 +30,10 @@ __all__ = ["Protocol", "sample_protocol", "tissue_signals", "GAMMA_MHZ_PER_T"]
 GAMMA_MHZ_PER_T = 42.577
 """Proton gyromagnetic ratio / 2 pi."""
 
+SNR_SPREAD = (0.6, 6.0)
+"""Log-uniform factor on each sequence's clinical SNR range: from noisier than usual to almost noise-free (an
+average of several scans, like the Colin27 template), so that a model does not learn one noise level."""
+
 Kind = Literal["mprage", "spgr", "se", "tse", "flair", "epi", "swi"]
 Orientation = Literal["axial", "sagittal", "coronal"]
 
@@ -154,6 +158,7 @@ def sample_protocol(
     else:
         raise ValueError(f"Unknown sequence {sequence!r}; expected one of DWI, FLAIR, SWI, T1, T1Gd, T2.")
     merged = {**common, **protocol}
+    merged["snr"] *= float(np.exp(u(np.log(SNR_SPREAD[0]), np.log(SNR_SPREAD[1]))))
     for key in ("pixel_mm", "slice_mm", "gap_mm"):
         merged[key] = merged.get(key, 0.0) * voxel_scale
     return Protocol(**merged)

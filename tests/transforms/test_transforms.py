@@ -11,8 +11,6 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     LoadImaged,
-    NormalizeIntensity,
-    NormalizeIntensityd,
     Orientationd,
 )
 from nibabel.orientations import axcodes2ornt, ornt_transform
@@ -21,8 +19,9 @@ from sarf_bundle.transforms import (
     BrainMaskd,
     CropCranioCaudal,
     CropCranioCaudald,
-    NormalizeNonzero,
-    NormalizeNonzerod,
+    NormalizeCentral,
+    NormalizeCentrald,
+    RandSkullStripd,
     SelectPercentileSlices,
     SelectPercentileSlicesd,
     SkullStrip,
@@ -84,8 +83,8 @@ def test_pipeline_same_for_any_stored_orientation(tmp_path, axcodes):
     pipeline = Compose(
         [
             CropCranioCaudald(KEYS, source_key="image"),
-            NormalizeIntensityd("image", nonzero=True),
             SelectPercentileSlicesd("image", size=64),
+            NormalizeCentrald("image", radius_mm=15.0),
         ]
     )
     expected = pipeline(load(tmp_path, arrays, affine))
@@ -114,14 +113,31 @@ def test_crop_ignores_noise_above_the_head():
     assert CropCranioCaudal().compute_slab(volume(data, SPACING)) == slice(15, 71)
 
 
+def test_crop_ignores_a_bright_edge_slice_above_the_head():
+    data = head((40, 48, 80), SPACING, top=70)["image"]
+    data[5:35, 5:15, 79] = 500.0  # an artefact over a fifth of the last slice, background in between
+    assert CropCranioCaudal().compute_slab(volume(data, SPACING)) == slice(15, 71)
+
+
 @pytest.mark.parametrize("percentiles", [(20, 30, 40, 50, 60, 70, 80), (0, 12.5, 100)])
 def test_slices_at_percentile_positions(tmp_path, percentiles):
     n_z = 36
     ramp = np.broadcast_to(np.arange(1, n_z + 1, dtype=np.float32), (20, 20, n_z)).copy()
     data = load(tmp_path, {"image": ramp}, ras_affine((1.5, 1.5, 2.0)))
-    slices = SelectPercentileSlices(percentiles, size=16, fov_mm=None)(data["image"])
+    slices = SelectPercentileSlices(percentiles, extent_mm=(n_z - 1) * 2.0, size=16, fov_mm=None)(data["image"])
     expected = 1 + torch.tensor(percentiles, dtype=torch.float32) / 100 * (n_z - 1)
     assert torch.allclose(slices, expected[:, None, None].expand(-1, 16, 16), atol=1e-5)
+
+
+def test_slice_levels_are_millimetres_below_the_top_whatever_the_coverage():
+    """A volume covering 60 mm gets the slices of a 140 mm one at the same depths; deeper ones take its lowest slice."""
+    depth_mm = np.arange(140, -1, -2.0)  # 71 slices of 2 mm, the top last
+    full = volume(np.broadcast_to(depth_mm, (12, 12, 71)).astype(np.float32).copy(), (1.5, 1.5, 2.0))
+    short = volume(np.broadcast_to(depth_mm[-31:], (12, 12, 31)).astype(np.float32).copy(), (1.5, 1.5, 2.0))
+    select = SelectPercentileSlices(extent_mm=140.0, size=8, fov_mm=None)
+    expected = [112, 98, 84, 70, 56, 42, 28]
+    assert select(full)[:, 4, 4].tolist() == pytest.approx(expected, abs=1e-4)
+    assert select(short)[:, 4, 4].tolist() == pytest.approx([min(d, 60) for d in expected], abs=1e-4)
 
 
 @pytest.mark.parametrize(("spacing_x", "spacing_y"), [(1.0, 2.0), (1.25, 0.5)])
@@ -138,11 +154,17 @@ def test_resampling_keeps_aspect_and_centres_foreground(spacing_x, spacing_y):
     assert world_centre[:2].tolist() == pytest.approx([60.0 - 20.0, 40.0 - 25.0], abs=1.0)
 
 
-def test_centres_z_scored_skull_stripped_brain():
+def test_whole_head_geometry_samples_the_mask_and_stripping_the_slices_strips_the_head():
     arrays = head((40, 48, 36), SPACING, top=33)
-    brain = SkullStrip()(volume(arrays["image"], SPACING), volume(arrays["brain_mask"], SPACING))
-    slices = SelectPercentileSlices(size=64, fov_mm=128.0)(NormalizeIntensity(nonzero=True)(brain))
-    world_centre = slices.affine.double() @ torch.tensor([31.5, 31.5, 1.0], dtype=torch.float64)
+    arrays["brain_mask"][:20] = 0.0  # a brain off the head's centre: the geometry must still be the head's
+    data = {key: volume(array, SPACING) for key, array in arrays.items()}
+    sliced = SelectPercentileSlicesd(KEYS, source_key="image", size=64, fov_mm=128.0, mode=["bilinear", "nearest"])(data)
+    assert torch.equal(sliced["image"], SelectPercentileSlices(size=64, fov_mm=128.0)(data["image"]))
+    assert set(sliced["brain_mask"].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(sliced["brain_mask"].affine, sliced["image"].affine)
+    stripped = SkullStripd("image")(sliced)["image"]
+    assert torch.equal(stripped, sliced["image"] * sliced["brain_mask"])
+    world_centre = sliced["image"].affine.double() @ torch.tensor([31.5, 31.5, 1.0], dtype=torch.float64)
     assert world_centre[:2].tolist() == pytest.approx([-20.0 + 20 * SPACING[0], -25.0 + 24 * SPACING[1]], abs=0.5)
 
 
@@ -191,6 +213,12 @@ BAD_ARGUMENTS = [
     (SelectPercentileSlices, {"fov_mm": -240.0}, ValueError, "fov_mm must be positive and finite, got -240.0"),
     (SelectPercentileSlices, {"fov_mm": "240"}, TypeError, "fov_mm must be a number, got '240'"),
     (SelectPercentileSlices, {"threshold": "mean"}, ValueError, "threshold must be 'otsu' or an intensity"),
+    (SelectPercentileSlices, {"extent_mm": 0.0}, ValueError, "extent_mm must be positive and finite, got 0.0"),
+    (NormalizeCentral, {"radius_mm": -1.0}, ValueError, "radius_mm must be positive and finite, got -1.0"),
+    (NormalizeCentral, {"radius_mm": "40"}, TypeError, "radius_mm must be a number, got '40'"),
+    (NormalizeCentral, {"statistics": "median"}, ValueError, "statistics must be 'robust' or 'moments', got 'median'"),
+    (NormalizeCentral, {"slices": [1.5]}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[1.5\]"),
+    (NormalizeCentral, {"slices": []}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[\]"),
     (BrainMaskd, {"keys": "image", "backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet', 'deepbet'\), got 'bet2'"),
 ]
 
@@ -217,6 +245,11 @@ def test_bad_volume(transform, img, error, match):
         transform(img)
 
 
+def test_bad_mode():
+    with pytest.raises(ValueError, match="mode must be 'bilinear' or 'nearest', got 'bicubic'"):
+        SelectPercentileSlices()(volume(head((20, 24, 20), SPACING, top=18)["image"], SPACING), mode="bicubic")
+
+
 def test_too_few_slices():
     with pytest.raises(ValueError, match="volume has 1 slices along the cranio-caudal axis; at least 2 needed"):
         SelectPercentileSlices()(volume(np.ones((8, 8, 1))))
@@ -227,16 +260,23 @@ def test_dictionary_matches_array():
     cropped = CropCranioCaudald(KEYS, source_key="image")(data)
     stripped = SkullStripd("image")(cropped)
     selected = SelectPercentileSlicesd("image", size=32)(stripped)
+    normalized = NormalizeCentrald("image", radius_mm=20.0, statistics="moments", slices=[2, 3])(selected)
     slab = CropCranioCaudal().compute_slab(data["image"])
     assert torch.equal(cropped["image"], CropCranioCaudal()(data["image"]))
     assert torch.equal(cropped["brain_mask"], CropCranioCaudal.crop(data["brain_mask"], slab))
     assert torch.equal(stripped["image"], SkullStrip()(cropped["image"], cropped["brain_mask"]))
     assert torch.equal(selected["image"], SelectPercentileSlices(size=32)(stripped["image"]))
+    assert torch.equal(normalized["image"], NormalizeCentral(20.0, "moments", [2, 3])(selected["image"]))
 
 
 @pytest.mark.parametrize(
     "transform",
-    [CropCranioCaudald(KEYS, source_key="image"), SelectPercentileSlicesd(KEYS, size=16), SkullStripd(["image", "t2"])],
+    [
+        CropCranioCaudald(KEYS, source_key="image"),
+        SelectPercentileSlicesd(KEYS, size=16),
+        SkullStripd(["image", "t2"]),
+        RandSkullStripd(["image", "t2"]),
+    ],
 )
 def test_allow_missing_keys(transform):
     data = {key: volume(array, SPACING) for key, array in head((20, 24, 20), SPACING, top=18).items()}
@@ -276,28 +316,68 @@ def test_foreground_profiles_of_a_slice():
     assert [p.tolist() for p in foreground_profiles(img, threshold=1.0)] == [[0, 3, 3, 3, 0, 0], [0, 0, 3, 3, 3]]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "permuted", "cropped", "two channels", "int16"])
-def test_normalize_nonzero_matches_monai(layout):
-    data = torch.as_tensor(head((30, 26, 22), SPACING, top=19)["image"])[None]
-    data[0, :, :, :3] = 0.0
-    img = {
-        "contiguous": data,
-        "permuted": data.permute(0, 3, 1, 2),
-        "cropped": data.permute(0, 2, 3, 1)[:, 2:, :-5],
-        "two channels": torch.cat([data, 2 * data + 1]),
-        "int16": data.round().to(torch.int16),
-    }[layout]
-    expected = NormalizeIntensity(nonzero=True)(img.clone())
-    result = NormalizeNonzero(block_voxels=500)(img.clone())
-    assert result.dtype == torch.float32 and result.shape == img.shape
-    assert torch.allclose(result, expected, atol=1e-5) and torch.equal(result == 0, expected == 0)
+def slice_stack(values: np.ndarray, pixel_mm: float = 2.0) -> MetaTensor:
+    """A ``(S, H, W)`` stack as SelectPercentileSlices returns it: a 3x3 affine of ``pixel_mm`` pixels."""
+    return MetaTensor(torch.as_tensor(values, dtype=torch.float32), affine=torch.diag(torch.tensor([pixel_mm, pixel_mm, 1.0])))
 
 
-def test_normalize_nonzero_in_place_dictionary_and_edge_cases():
-    img = volume(np.random.default_rng(0).uniform(1, 2, (6, 6, 6)) * (np.arange(6) < 4))
-    out = NormalizeNonzerod("image")({"image": img})["image"]
-    assert out is img and isinstance(out, MetaTensor) and torch.equal(out.affine, img.affine)
-    nonzero = out[out != 0]
-    assert abs(float(nonzero.mean())) < 1e-5 and float(nonzero.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
-    assert not NormalizeNonzero()(torch.zeros(1, 4, 4)).any()
-    assert NormalizeNonzero()(torch.tensor([[0.0, 2.0, 2.0]])).tolist() == [[0.0, 0.0, 0.0]]  # constant: std counts as 1
+def disc_stack(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of 2 mm pixels: a 'brain' of random tissue within 45 mm of the centre, and a bright 'skull' ring outside."""
+    rng = np.random.default_rng(seed)
+    r = np.hypot(*np.meshgrid(*(np.arange(64) - 31.5,) * 2, indexing="ij")) * 2.0
+    brain = np.where(r < 45, rng.gamma(4.0, 50.0, (5, 64, 64)), 0.0)
+    skull = np.where((r >= 45) & (r < 55), 900.0, 0.0) + np.where(r >= 55, rng.rayleigh(5.0, (5, 64, 64)), 0.0)
+    return brain, brain + skull
+
+
+@pytest.mark.parametrize("statistics", ["robust", "moments"])
+def test_normalize_central_same_brain_with_and_without_skull(statistics):
+    brain, whole_head = disc_stack()
+    normalize = NormalizeCentral(radius_mm=40.0, statistics=statistics)
+    stripped, whole = normalize(slice_stack(brain)), normalize(slice_stack(whole_head))
+    inside = torch.as_tensor(brain != 0)
+    assert torch.allclose(stripped[inside], whole[inside], atol=1e-5)
+    central = stripped[inside & torch.as_tensor(np.hypot(*np.meshgrid(*(np.arange(64) - 31.5,) * 2, indexing="ij")) * 2 <= 40)]
+    if statistics == "robust":
+        q1, median, q3 = torch.quantile(central.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        assert float(median) == pytest.approx(0.0, abs=1e-3) and float(q3 - q1) == pytest.approx(1.349, abs=1e-3)
+    else:
+        assert float(central.mean()) == pytest.approx(0.0, abs=1e-4) and float(central.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
+    # one affine map for every pixel: the zero background of the stripped stack becomes one value, below all tissue
+    assert stripped[~inside].unique().numel() == 1 and float(stripped[~inside][0]) < float(stripped[inside].min())
+
+
+def test_normalize_central_uses_only_the_chosen_slices_and_keeps_the_metadata():
+    brain, _ = disc_stack()
+    brain[0] *= 10.0  # a slice with other statistics, left out
+    img = slice_stack(brain)
+    out = NormalizeCentral(radius_mm=40.0, slices=[1, 2, 3, 4])(img)
+    assert torch.allclose(out[1:], NormalizeCentral(radius_mm=40.0)(slice_stack(brain[1:])), atol=1e-5)
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, img.affine) and out.dtype == torch.float32
+    assert torch.equal(NormalizeCentrald("image", radius_mm=40.0, slices=[1, 2, 3, 4])({"image": img})["image"], out)
+    with pytest.raises(KeyError, match="was missing in the data and allow_missing_keys==False"):
+        NormalizeCentrald(["image", "t2"])({"image": img})
+    assert set(NormalizeCentrald(["image", "t2"], allow_missing_keys=True)({"image": img})) == {"image"}
+
+
+def test_normalize_central_edge_cases():
+    constant = slice_stack(np.full((2, 8, 8), 3.0))
+    assert not NormalizeCentral()(constant).any()  # scale 0 counts as 1
+    empty = slice_stack(np.zeros((2, 8, 8)))
+    assert NormalizeCentral()(empty) is empty
+    with pytest.raises(ValueError, match=r"slices \[5\] do not exist in a stack of 2 slices"):
+        NormalizeCentral(slices=[5])(constant)
+    with pytest.raises(TypeError, match="needs the slice stack of SelectPercentileSlices"):
+        NormalizeCentral()(torch.ones(2, 8, 8))
+    with pytest.raises(TypeError, match="needs the slice stack of SelectPercentileSlices"):
+        NormalizeCentral()(volume(np.ones((4, 4, 4))))
+
+
+def test_rand_skull_strip_is_skull_strip_or_nothing():
+    data = {key: volume(array, SPACING) for key, array in head((20, 24, 20), SPACING, top=18).items()}
+    assert torch.equal(RandSkullStripd("image", prob=1.0)(data)["image"], SkullStripd("image")(data)["image"])
+    assert RandSkullStripd("image", prob=0.0)(data)["image"] is data["image"]
+    strip = RandSkullStripd("image", prob=0.5)
+    strip.set_random_state(0)
+    stripped = [bool((strip(data)["image"] == 0).sum() > (data["image"] == 0).sum()) for _ in range(200)]
+    assert 70 < sum(stripped) < 130
