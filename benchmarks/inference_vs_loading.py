@@ -15,7 +15,7 @@ For each volume, in alternating order, the run times:
   for information, ``np.asarray(nibabel.load(path).dataobj)`` (decoding in the stored type);
 - **inference**: what folder inference does with that file, built from ``configs/inference.json``: the
   bundle's ``InferenceDataset`` with the config's preprocessing (reading, checks, orientation, cranio-caudal
-  crop, z-score, the 7 percentile slices), then ``SliceBatch``, the network's forward pass on the 7 slices
+  crop, the 7 slices, their central z-score), then ``SliceBatch``, the network's forward pass on the 7 slices
   and the volume's class probabilities. As in the bundle, where the preprocessing runs in DataLoader worker
   processes (one torch thread each), the preprocessing runs with ``--preprocessing_threads`` (1) torch
   threads; the network runs with ``--network_threads`` (1: the baseline uses one core too, so the ratio
@@ -37,10 +37,8 @@ import nibabel as nib
 import numpy as np
 import torch
 from common import inference_parts, machine, median, simulated, verdict, volume_files
-from monai.transforms import NormalizeIntensityd
 
 from sarf_bundle.data import InferenceDataset, SliceBatch, volume_probabilities
-from sarf_bundle.transforms import NormalizeNonzerod
 
 GOAL = 1.5
 
@@ -66,7 +64,6 @@ def main(
     repeats: int = 3,
     preprocessing_threads: int = 1,
     network_threads: int = 1,
-    normalize_nonzero: bool = False,
     breakdown: bool = True,
 ) -> None:
     """Measure and print the inference / load ratio.
@@ -79,16 +76,10 @@ def main(
         preprocessing_threads: torch threads of the preprocessing (1, as in the bundle's DataLoader workers).
         network_threads: torch threads of the network (1, so that both sides use one core and the ratio compares
             the work; several threads stall when other jobs share the cores); 0 for torch's default.
-        normalize_nonzero: what-if: replace the config's ``NormalizeIntensityd(nonzero=True)`` with the equivalent
-            ``sarf_bundle.transforms.NormalizeNonzerod`` (no effect on a config that already uses it).
         breakdown: also time each preprocessing transform and the network on their own, once per volume.
     """
     files = volume_files(simulated(data, "clinical", subjects=4, folds=2, test_fraction=0.25))
     parser, network, preprocessing = inference_parts(config, model)
-    if normalize_nonzero:
-        preprocessing.transforms = tuple(
-            NormalizeNonzerod(t.keys) if isinstance(t, NormalizeIntensityd) and t.normalizer.nonzero else t for t in preprocessing.transforms
-        )
     network_threads = network_threads or torch.get_num_threads()
     n_slices, size = parser.get_parsed_content("n_slices"), parser.get_parsed_content("image_size")
     dataset = InferenceDataset([{"image": str(f)} for f in files], preprocessing, placeholder_shape=(n_slices, size, size))

@@ -8,6 +8,7 @@
 - ``sweep``: the paper's alpha x beta grid of cross-validations, in shards, and its heat maps.
 - ``report``: the paper's tables and figures for any set of cross-validated methods (Markdown, HTML, JSON).
 - ``explain``: class relevance maps (Deep Taylor decomposition) of one volume's slices, as a PNG grid and NumPy.
+- ``invariance``: does a brain give the same slices through the training (stripped) and inference (whole-head) preprocessing?
 - ``faithfulness``: the ROAD test of one or more models' relevance maps on a datalist split (F1 decrease per level).
 """
 
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .experiments import crossval, sweep
     from .explain import explain
     from .faithfulness import faithfulness
+    from .invariance import invariance
     from .report import report
     from .simulation.dataset import synthesize
     from .skullstrip import strip_datalist
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "report": report,
         "explain": explain,
         "faithfulness": faithfulness,
+        "invariance": invariance,
     }
     args = sys.argv[1:] if argv is None else list(argv)
     if "--help" in args:  # fire would hand it to crossval's and sweep's config overrides

@@ -34,7 +34,7 @@ def run_demo(
     epochs: int = 8,
     image_size: int = 96,
     voxel_scale: float = 2.0,
-    learning_rate: float = 1e-4,
+    learning_rate: float = 1e-3,
     workers: int = 2,
     seed: int = 0,
     road_volumes: int = 18,
@@ -48,7 +48,7 @@ def run_demo(
         epochs: training epochs per method.
         image_size: slice size in pixels.
         voxel_scale: simulator voxel-size factor (2 gives coarser, 8x smaller volumes).
-        learning_rate: RMSprop learning rate (the paper's 1e-5 needs its 200 epochs).
+        learning_rate: peak learning rate of the AdamW recipe of configs/train.json.
         workers: parallel processes for simulation and data loading.
         seed: simulation and training seed.
         road_volumes: test volumes of the ROAD faithfulness test (the first ones of the split: 18 are 3 subjects).

@@ -19,7 +19,7 @@ from monai.transforms import Compose
 
 from .bundle import BUNDLE_ROOT
 
-__all__ = ["Invariance", "strip_invariance"]
+__all__ = ["Invariance", "invariance", "strip_invariance"]
 
 
 class Invariance(NamedTuple):
@@ -67,3 +67,53 @@ def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> 
     slope = float((x_c * y_c).sum() / (x_c * x_c).sum())
     r = float((x_c * y_c).sum() / torch.sqrt((x_c * x_c).sum() * (y_c * y_c).sum()))
     return Invariance(slope, float(y.mean() - slope * x.mean()), r, int(brain.sum()))
+
+
+def invariance(
+    image: str | None = None,
+    brain_mask: str | None = None,
+    datalist: str | None = None,
+    split: str = "testing",
+    limit: int | None = None,
+    **overrides,
+) -> None:
+    """``python -m sarf_bundle invariance``: print the fit of :func:`strip_invariance` for volumes and their masks.
+
+    Either one ``image`` with its ``brain_mask``, or the entries of a datalist split (each with a ``brain_mask``).
+
+    Args:
+        image: a whole-head volume.
+        brain_mask: its brain mask.
+        datalist: a datalist JSON whose entries carry ``brain_mask`` (``python -m sarf_bundle synth`` writes one).
+        split: the datalist split.
+        limit: at most this many entries of the split.
+        **overrides: config keys of both configs.
+
+    It prints one row per volume (file, sequence, field strength, orientation, ``a``, ``b``, ``r``) and, for
+    several volumes, the range of each figure.
+
+    Raises:
+        ValueError: neither or both of ``image`` and ``datalist``, or ``image`` without ``brain_mask``.
+
+    Example:
+        ``python -m sarf_bundle invariance /usr/share/mricron/templates/ch2.nii.gz /usr/share/mricron/templates/ch2bet.nii.gz``
+    """
+    from .data import load_datalist
+
+    if (image is None) == (datalist is None) or (image is not None and brain_mask is None):
+        raise ValueError("give an IMAGE and its BRAIN_MASK, or --datalist (whose entries carry brain_mask)")
+    entries = [{"image": image, "brain_mask": brain_mask}] if datalist is None else load_datalist(datalist, split)[:limit]
+    fits = []
+    print(f"{'file':<40} {'sequence':<8} {'field':>5} {'orientation':<11} {'a':>6} {'b':>7} {'r':>7}")
+    for entry in entries:
+        fit = strip_invariance(entry["image"], entry["brain_mask"], **overrides)
+        fits.append(fit)
+        acquisition = entry.get("acquisition", {})
+        print(
+            f"{Path(entry['image']).name:<40} {entry.get('sequence', ''):<8} {acquisition.get('field_t', '')!s:>5} "
+            f"{acquisition.get('orientation', ''):<11} {fit.slope:6.3f} {fit.intercept:7.3f} {fit.r:7.4f}"
+        )
+    if len(fits) > 1:
+        for key in ("slope", "intercept", "r"):
+            values = [getattr(fit, key) for fit in fits]
+            print(f"{key}: min {min(values):.4f}, max {max(values):.4f} over {len(fits)} volumes")

@@ -1,25 +1,26 @@
-"""Preprocessing transforms of the SaRF paper: skull stripping, cranio-caudal crop, percentile slices.
+"""Preprocessing transforms of the SaRF paper: skull stripping, cranio-caudal crop, slices, z-score.
 
 The paper (You, Wiest, Reyes, CMPB 2023, section 3.2) crops every volume to about 140 mm in the
 cranio-caudal direction, z-scores it, and selects 7 axial slices at percentiles 20, 30, ..., 80 of the
-cranio-caudal extent; training volumes are skull-stripped with HD-BET. Each step is an array transform with
-a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
+cranio-caudal extent; training volumes are skull-stripped with HD-BET, test volumes are not. The same brain must
+therefore reach the network as the same numbers whether it comes stripped or whole-head, so everything that
+locates or scales the slices is measured on the whole head or on tissue that is brain in both cases. Each step
+is an array transform with a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
 
     BrainMaskd("image", mask_key="brain_mask", backend="hd-bet")     # training and validation only: mask file
-    LoadImaged(["image", "brain_mask"]), EnsureChannelFirstd(["image", "brain_mask"])
-    Orientationd(["image", "brain_mask"], axcodes="RAS")
-    CropCranioCaudald(["image", "brain_mask"], source_key="image")  # slab found on the whole head
-    SkullStripd("image", mask_key="brain_mask")                      # training and validation only
-    NormalizeNonzerod("image")                                       # z-score per volume (MONAI NormalizeIntensityd(nonzero=True), faster)
-    SelectPercentileSlicesd("image")                                 # (7, 128, 128)
+    LoadVolumed(["image", "brain_mask"]), Orientationd(["image", "brain_mask"], axcodes="RAS")
+    CropCranioCaudald(["image", "brain_mask"], source_key="image")  # 140 mm below the top of the head
+    SelectPercentileSlicesd(["image", "brain_mask"], source_key="image")  # (7, 96, 96): levels and centre of the whole head
+    (RandSkull)SkullStripd("image", mask_key="brain_mask")           # training and validation only, on the slices
+    NormalizeCentrald("image")                                       # z-score from the central brain of slices 3-6
 
-The brain mask is computed from the image file (once, then read from a disk cache, see
-:mod:`sarf_bundle.skullstrip`) and loaded beside the image, so that orientation and crop treat both alike.
-Cropping before skull stripping puts the slab below the top of the head in training as at inference.
+The slice levels are fixed depths below the top of the head (percentile ``p`` of 140 mm), so a volume that
+covers less of the head gets its slices at the same levels. The brain mask is computed from the image file
+(once, then read from a disk cache, see :mod:`sarf_bundle.skullstrip`) and loaded beside the image, so that
+orientation, crop and slice selection treat both alike; stripping the 7 slices equals stripping the volume first.
 
 Speed: beyond reading the file, the crop and the slice selection each make one pass over the volume, block by
-block (:func:`foreground_profiles`), and only the selected slices are resampled. ``NormalizeNonzerod`` computes
-the z-score of ``NormalizeIntensityd(nonzero=True)`` in a fraction of its time (see ``docs/performance.md``).
+block (:func:`foreground_profiles`), and only the selected slices are resampled; the z-score works on the slices.
 """
 
 from __future__ import annotations

@@ -175,8 +175,12 @@ def test_metadata_verifies_offline():
 
 
 def test_inference_preprocessing_is_training_preprocessing_without_stripping():
-    train = ConfigParser.load_config_file(CONFIGS / "train.json")["train"]["deterministic_transforms"]
+    train = ConfigParser.load_config_file(CONFIGS / "train.json")
+    validation = train["train"]["deterministic_transforms"] + train["train"]["finishing_transforms"]
     infer = ConfigParser.load_config_file(CONFIGS / "inference.json")["preprocessing"]["transforms"]
-    dropped = {"sarf_bundle.transforms.BrainMaskd", "sarf_bundle.transforms.SkullStripd", "DeleteItemsd"}
-    strip = lambda t: {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys")}  # noqa: E731
-    assert [strip(t) for t in train if t["_target_"] not in dropped] == [strip(t) for t in infer]
+    dropped = {"sarf_bundle.transforms.BrainMaskd", "DeleteItemsd"}
+    strip = lambda t: {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys", "mode")}  # noqa: E731
+    assert [strip(t) for t in validation if t["_target_"] not in dropped] == [strip(t) for t in infer]
+    assert [t["_target_"] for t in train["validate"]["strip_transforms"]] == ["sarf_bundle.transforms.SkullStripd"]
+    shared = ("percentiles", "image_size", "fov_mm", "crop_mm", "norm_radius_mm", "norm_statistics", "norm_slices", "class_names")
+    assert {k: train[k] for k in shared} == {k: ConfigParser.load_config_file(CONFIGS / "inference.json")[k] for k in shared}

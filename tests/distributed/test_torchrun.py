@@ -51,7 +51,7 @@ def test_two_process_training_saves_one_consistent_model(simulated_dataset, tmp_
     assert output.count("train_total") == 1 and output.count("val_accuracy") == 1  # only rank 0 logs
     best = torch.load(models / "model.pt", weights_only=True)
     latest = torch.load(models / "latest_checkpoint_epoch=1.pt", weights_only=True)
-    assert set(latest) == {"model", "optimizer", "trainer", "best"}
+    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best"}
     ranks = [torch.load(models / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     net = SaliencyResNet()
     net.load_state_dict(best)  # plain keys, no DistributedDataParallel "module." prefix

@@ -60,3 +60,19 @@ def test_a_mask_outside_the_slices_is_refused(tmp_path):
     write_nifti(np.zeros_like(volume.brain_mask), volume.affine, mask, "uint8")
     with pytest.raises(ValueError, match="empty_brainmask.nii.gz: marks no pixel"):
         strip_invariance(image, mask)
+
+
+def test_command_prints_the_fit_of_each_volume(tmp_path, capsys):
+    from sarf_bundle.cli import main
+    from sarf_bundle.simulation.dataset import synthesize
+
+    datalist = synthesize(tmp_path / "sim", subjects=2, seed=4, test_fraction=0.5, folds=1, voxel_scale=3.0, progress=False)
+    main(["invariance", "--datalist", str(datalist), "--limit", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["file", "sequence", "field", "orientation", "a", "b", "r"]
+    assert len(lines) == 1 + 3 + 3 and lines[-1].startswith("r: min") and "over 3 volumes" in lines[-1]
+    for line in lines[1:4]:
+        slope, intercept, r = map(float, line.split()[-3:])
+        assert 0.9 <= slope <= 1.1 and abs(intercept) <= 0.15 and r >= 0.95, line
+    with pytest.raises(ValueError, match="give an IMAGE and its BRAIN_MASK, or --datalist"):
+        main(["invariance", str(tmp_path / "x.nii.gz")])
