@@ -111,7 +111,8 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     run(first)
     assert [fold for _, fold, _ in first.calls] == [0, 0, 1, 1]
     unchanged = Recorder(fake=True)
-    run(unchanged, learning_rate=1e-5, num_workers=3)  # train.json's learning rate; num_workers does not count
+    default_rate = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["learning_rate"]
+    run(unchanged, learning_rate=default_rate, num_workers=3)  # train.json's learning rate; num_workers does not count
     assert unchanged.calls == []
     changed = Recorder(fake=True)
     run(changed, epochs=2)
