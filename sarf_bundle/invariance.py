@@ -56,12 +56,11 @@ def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> 
     deterministic = Compose(train.get_parsed_content("train#deterministic_transforms"))
     finishing = Compose(train.get_parsed_content("validate#strip_transforms") + train.get_parsed_content("train#finishing_transforms"))
     sliced = deterministic({"image": str(image), "brain_mask": str(brain_mask)})
-    brain = sliced["brain_mask"] > 0.5
+    brain = torch.as_tensor(sliced["brain_mask"] > 0.5)
     if not brain.any():
         raise ValueError(f"{brain_mask}: marks no pixel of the selected slices of {image} as brain")
     trained = finishing(sliced)["image"]
     inferred = _parser("inference.json", overrides).get_parsed_content("preprocessing")({"image": str(image)})["image"]
-    brain = torch.as_tensor(brain)
     x, y = torch.as_tensor(trained)[brain].double(), torch.as_tensor(inferred)[brain].double()
     x_c, y_c = x - x.mean(), y - y.mean()
     slope = float((x_c * y_c).sum() / (x_c * x_c).sum())

@@ -256,8 +256,9 @@ class CropCranioCaudal(Transform):
 
     The top of the head is found by walking up from the axial slice of the largest foreground area (see
     :func:`foreground_mask`) to the last slice whose foreground covers at least 1 % of that area, so that
-    isolated noise voxels and bright edge slices above the head, separated from it by background, are ignored. The slab keeps the number of slices closest to ``extent_mm`` (fewer if the volume is
-    shorter) and is cut with MONAI's :class:`~monai.transforms.SpatialCrop`, which updates the affine.
+    isolated noise voxels and bright edge slices above the head, separated from it by background, are
+    ignored. The slab keeps the number of slices closest to ``extent_mm`` (fewer if the volume is shorter)
+    and is cut with MONAI's :class:`~monai.transforms.SpatialCrop`, which updates the affine.
 
     Args:
         extent_mm: cranio-caudal extent kept, in millimetres.
@@ -450,8 +451,9 @@ class SelectPercentileSlices(Transform):
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
         if geometry is None:
-            geometry = self.compute_geometry(img)
-        _check_volume(img, type(self).__name__)
+            geometry = self.compute_geometry(img)  # checks the volume
+        else:
+            _check_volume(img, type(self).__name__)
         _, n_x, n_y, n_z = img.shape
         volume = img.as_tensor()[0].float()
         z = geometry.levels.to(volume.device)
