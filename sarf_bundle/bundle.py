@@ -2,18 +2,158 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import json
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser, run
 
-__all__ = ["BUNDLE_ROOT", "InferenceBundle", "load_inference_bundle", "run_bundle"]
+from .files import atomic_write_bytes
+
+__all__ = [
+    "BUNDLE_ROOT",
+    "InferenceBundle",
+    "PreprocessingSettings",
+    "bundle_version",
+    "checkpoint_settings",
+    "config_file",
+    "load_inference_bundle",
+    "run_bundle",
+    "save_checkpoint",
+]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 """The bundle folder (``configs/``, ``models/``, ``docs/``) this package belongs to."""
+
+
+def config_file(name: str) -> Path:
+    """The path of one of the bundle's ``configs/`` files.
+
+    The package is used from its bundle folder (a clone, installed with ``pip install -e .``): the configs and the
+    shipped model are files of that folder, not of the Python package.
+
+    Raises:
+        FileNotFoundError: when the file is not there, e.g. after a non-editable ``pip install .``.
+    """
+    path = BUNDLE_ROOT / "configs" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist. sarf_bundle runs from its bundle folder: clone it and install it with "
+            "`pip install -e .` (a non-editable `pip install .` leaves the configs and the model behind)."
+        )
+    return path
+
+
+def bundle_version() -> str:
+    """The bundle's version, from ``configs/metadata.json``."""
+    return str(json.loads(config_file("metadata.json").read_text())["version"])
+
+
+class PreprocessingSettings:
+    """The preprocessing a model was trained with: written into its checkpoint, checked wherever it is loaded.
+
+    The configs put this object in the ``save_dict`` of their ``CheckpointSaver`` and the ``load_dict`` of their
+    ``CheckpointLoader`` under the key ``preprocessing``, next to ``model``. Saving stores :meth:`state_dict` (plain
+    numbers, strings and lists, so the checkpoint still loads with ``weights_only=True``); loading hands the stored
+    entry to :meth:`load_state_dict`, which raises when the config about to run the model preprocesses the volumes
+    differently, so that a model trained on 96-pixel slices never runs silently on 128-pixel ones.
+    ``version``, the bundle version that trained the model, is recorded and not compared.
+
+    Args:
+        class_names: the class of each network output.
+        percentiles: the cranio-caudal level of each slice.
+        image_size: slice side in pixels.
+        fov_mm: in-plane field of view of a slice.
+        crop_mm: cranio-caudal extent below the top of the head that the levels span.
+        norm_radius_mm: radius of the central disc of the intensity statistics.
+        norm_statistics: ``robust`` or ``moments``.
+        norm_slices: the slices that give the intensity statistics.
+        version: the bundle version (default: :func:`bundle_version`).
+
+    Example:
+        >>> trained = PreprocessingSettings(["T1", "T2"], [20, 80], 96, 240.0, 140.0, 40.0, "robust", [0, 1])
+        >>> PreprocessingSettings(["T1", "T2"], [20, 80], 128, 240.0, 140.0, 40.0, "robust", [0, 1]).load_state_dict(
+        ...     trained.state_dict())
+        Traceback (most recent call last):
+        ...
+        ValueError: the model was trained with other preprocessing than this config's: image_size 96 (config: 128). Run it with the model's settings, e.g. `--image_size 96`.
+    """
+
+    COMPARED = ("class_names", "percentiles", "image_size", "fov_mm", "crop_mm", "norm_radius_mm", "norm_statistics", "norm_slices")
+    """The settings that must agree between the checkpoint and the config."""
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        percentiles: Sequence[float],
+        image_size: int,
+        fov_mm: float,
+        crop_mm: float,
+        norm_radius_mm: float,
+        norm_statistics: str,
+        norm_slices: Sequence[int] | None,
+        version: str | None = None,
+    ) -> None:
+        self.settings: dict[str, Any] = {
+            "class_names": [str(c) for c in class_names],
+            "percentiles": [float(p) for p in percentiles],
+            "image_size": int(image_size),
+            "fov_mm": float(fov_mm),
+            "crop_mm": float(crop_mm),
+            "norm_radius_mm": float(norm_radius_mm),
+            "norm_statistics": str(norm_statistics),
+            "norm_slices": None if norm_slices is None else [int(i) for i in norm_slices],
+            "version": bundle_version() if version is None else str(version),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings, as stored in the checkpoint."""
+        return dict(self.settings)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Check a checkpoint's stored settings against this config's.
+
+        Raises:
+            ValueError: naming each setting that differs, with the overrides that would run the model as trained.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"the checkpoint's preprocessing entry is a {type(state).__name__}, not a dict of settings.")
+        differ = [k for k in self.COMPARED if k in state and _plain(state[k]) != _plain(self.settings[k])]
+        if differ:
+            found = ", ".join(f"{k} {_plain(state[k])} (config: {_plain(self.settings[k])})" for k in differ)
+            overrides = " ".join(f"--{k} {json.dumps(_plain(state[k])).replace(' ', '')}" for k in differ)
+            raise ValueError(
+                f"the model was trained with other preprocessing than this config's: {found}. "
+                f"Run it with the model's settings, e.g. `{overrides}`."
+            )
+
+    @staticmethod
+    def read(checkpoint: str | Path) -> dict[str, Any] | None:
+        """The settings stored in a checkpoint file; None for a checkpoint without them (a bare state dict).
+
+        Raises:
+            ValueError: naming the file when it cannot be read as a checkpoint.
+        """
+        try:
+            stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{checkpoint}: not a checkpoint that loads with weights_only=True ({type(error).__name__}: {error}).") from error
+        return stored.get("preprocessing") if isinstance(stored, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    """Numbers as floats and integer-valued floats as ints, so that 96 and 96.0 compare and print alike."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def run_bundle(run_id: str, configs: list[str], **overrides) -> None:
@@ -24,15 +164,17 @@ def run_bundle(run_id: str, configs: list[str], **overrides) -> None:
         configs: config files of ``configs/``, merged in order (e.g. ``["train.json", "evaluate.json"]``).
         **overrides: config keys to override, e.g. ``bundle_root="runs/x", epochs=5``.
     """
-    config_dir = BUNDLE_ROOT / "configs"
-    files = [str(config_dir / c) for c in configs]
-    run(
-        run_id=run_id,
-        meta_file=str(config_dir / "metadata.json"),
-        config_file=files if len(files) > 1 else files[0],
-        logging_file=str(config_dir / "logging.conf"),
-        **overrides,
-    )
+    files = [str(config_file(c)) for c in configs]
+    with warnings.catch_warnings():
+        # MONAI warns that a config runs code of its choosing; these are the bundle's own configs
+        warnings.filterwarnings("ignore", message="parsing config_file", category=UserWarning)
+        run(
+            run_id=run_id,
+            meta_file=str(config_file("metadata.json")),
+            config_file=files if len(files) > 1 else files[0],
+            logging_file=str(config_file("logging.conf")),
+            **overrides,
+        )
 
 
 @dataclass
@@ -67,26 +209,67 @@ class InferenceBundle:
         return item["image"]
 
 
-def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundle:
-    """Build the network and preprocessing of ``configs/inference.json`` and load a checkpoint into the network.
+def save_checkpoint(network: torch.nn.Module, path: str | Path, **overrides) -> None:
+    """Save a network as the bundle's configs do: ``{"model": state dict, "preprocessing": settings}``.
 
-    Args:
-        checkpoint: a ``model.pt`` written by training (the network's state dict, or a dict with a ``model`` entry).
-        **overrides: config keys to override, e.g. ``image_size=96`` for a model trained on 96-pixel slices.
+    For a network trained outside ``configs/train.json``: the settings are those of ``configs/inference.json`` with
+    ``overrides`` (e.g. ``image_size=64``), so say how the network was trained.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(config_file("inference.json")))
+    parser.update(overrides)
+    settings = parser.get_parsed_content("preprocessing_settings").state_dict()
+    buffer = io.BytesIO()
+    torch.save({"model": network.state_dict(), "preprocessing": settings}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def checkpoint_settings(checkpoint: str | Path) -> dict[str, Any]:
+    """The preprocessing a checkpoint was trained with, as config overrides (``{"image_size": 96, ...}``).
 
     Raises:
         FileNotFoundError: when the checkpoint does not exist.
-        ValueError: when it cannot be loaded into the network, naming the file.
+        ValueError: naming the file when it cannot be read or holds no preprocessing record (a bare state dict).
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; train one with `python -m monai.bundle run training ...`.")
+    stored = PreprocessingSettings.read(checkpoint)
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"{checkpoint}: the checkpoint does not say what preprocessing the model was trained with (no 'preprocessing' "
+            "entry next to 'model'); train it with this bundle's configs/train.json, which records it."
+        )
+    return {k: stored[k] for k in PreprocessingSettings.COMPARED if k in stored}
+
+
+def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundle:
+    """Build the network and preprocessing of ``configs/inference.json`` and load a checkpoint into the network.
+
+    The preprocessing is the one the checkpoint was trained with (:func:`checkpoint_settings`); an override that
+    contradicts it is refused.
+
+    Args:
+        checkpoint: a ``model.pt`` written by training: ``{"model": state dict, "preprocessing": settings}``.
+        **overrides: other config keys to override, e.g. ``device``.
+
+    Raises:
+        FileNotFoundError: when the checkpoint does not exist.
+        ValueError: when it cannot be loaded into the network or was trained with other preprocessing than
+            ``overrides`` ask for, naming the file.
+    """
+    settings = checkpoint_settings(checkpoint)
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
-    parser.update(overrides)
+    parser.read_config(str(config_file("inference.json")))
+    parser.update({**settings, **overrides})
     network, device = parser.get_parsed_content("network"), parser.get_parsed_content("device")
+    stored = torch.load(checkpoint, map_location=device, weights_only=True)
     try:
-        Checkpoint.load_objects({"model": network}, torch.load(checkpoint, map_location=device, weights_only=True))
+        parser.get_parsed_content("preprocessing_settings").load_state_dict(stored["preprocessing"])
+    except ValueError as error:
+        raise ValueError(f"{checkpoint}: {error}") from error
+    try:
+        Checkpoint.load_objects({"model": network}, stored)
     except Exception as error:
         raise ValueError(f"{checkpoint}: not a checkpoint of this bundle's network ({type(error).__name__}: {error}).") from error
     return InferenceBundle(

@@ -1,6 +1,7 @@
 """Command line of sarf_bundle: ``python -m sarf_bundle <command> --help``.
 
 - ``demo``: simulate data, train baseline and SaRF, evaluate both, infer a folder, print a report.
+- ``pretrain``: simulate, train, calibrate, evaluate and export the model that ships with the bundle (``models/model.pt``).
 - ``synth``: simulate whole-head brain MRI in six sequences, with brain masks and a datalist.
 - ``montage``: a PNG of an axial slice per subject and sequence of a datalist.
 - ``skullstrip``: skull-strip the training volumes of a datalist ahead of training (HD-BET or deepbet, cached).
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .explain import explain
     from .faithfulness import faithfulness
     from .invariance import invariance
+    from .pretrain import pretrain
     from .report import report
     from .simulation.dataset import synthesize
     from .skullstrip import strip_datalist
@@ -36,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     commands = {
         "demo": run_demo,
+        "pretrain": pretrain,
         "synth": synthesize,
         "montage": datalist_montage,
         "skullstrip": strip_datalist,

@@ -1,7 +1,11 @@
-"""The CPU demo: simulate data, train baseline and SaRF through the bundle configs, evaluate, infer, explain, report.
+"""The demo: classify a folder of brain MRI with the model that ships with the bundle, or train one.
 
-Everything runs through the same code and configs a user runs on a GPU, with small settings
-(few subjects, coarser voxels, few epochs, small slices) so that it finishes on a laptop CPU.
+``python -m sarf_bundle demo`` simulates a small whole-head folder (the six sequences of a few new subjects, two
+of them as DICOM series, a sequence outside the six, a corrupt file, and Colin27 where Debian's ``mricron-data`` is
+installed), classifies it with ``models/model.pt`` through ``configs/inference.json``, explains one volume, and
+prints the results. ``--train`` runs the training demo instead: simulate data, train baseline and SaRF through the
+bundle configs with small settings (few subjects, coarser voxels, few epochs), evaluate, infer, explain and run
+the ROAD test.
 """
 
 from __future__ import annotations
@@ -9,51 +13,68 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from sklearn.metrics import roc_auc_score
 
 from . import SEQUENCES
-from .bundle import BUNDLE_ROOT, run_bundle
+from .bundle import BUNDLE_ROOT, checkpoint_settings, config_file, run_bundle
 from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
 from .explain import explain
+from .files import atomic_write_text
 from .faithfulness import faithfulness
 from .handlers import read_prediction_csv
 from .simulation.dataset import synthesize, synthesize_unknown
 
-__all__ = ["METHODS", "confidence_report", "print_summary", "run_demo"]
+__all__ = ["COLIN27", "METHODS", "classify_demo", "confidence_report", "print_summary", "run_demo", "true_sequence"]
 
 METHODS = {name: EXPERIMENT_METHODS[name] for name in ("baseline", "sarf")}
-"""The two methods the demo compares (paper, section 3.4)."""
+"""The two methods the training demo compares (paper, section 3.4)."""
+
+COLIN27 = Path("/usr/share/mricron/templates")
+"""Where Debian's ``mricron-data`` puts Colin27: ``ch2`` (whole-head T1), ``ch2bet`` and ``ch2better`` (brain only)."""
+
+DICOM_SERIES = {"T2": "t2_tse_tra", "DWI": "ep2d_diff_b1000_tra"}
+"""The sequences of the first subject that the demo writes as DICOM series, with their SeriesDescription."""
 
 
 def run_demo(
     out: str | Path = "demo",
-    subjects: int = 24,
+    train: bool = False,
+    subjects: int | None = None,
     epochs: int = 8,
     image_size: int = 96,
-    voxel_scale: float = 2.0,
+    voxel_scale: float | None = None,
     learning_rate: float = 1e-3,
     workers: int = 2,
     seed: int = 0,
     road_volumes: int = 18,
     unknown_volumes: int = 2,
 ) -> str:
-    """Run the whole demo, print its report and return the path of ``<out>/summary.json``.
+    """Run the demo, print its report and return the path of ``<out>/summary.json``.
 
     Args:
         out: output folder.
-        subjects: simulated subjects (each with six sequences); a quarter form the test split.
-        epochs: training epochs per method.
-        image_size: slice size in pixels.
-        voxel_scale: simulator voxel-size factor (2 gives coarser, 8x smaller volumes).
-        learning_rate: peak learning rate of the AdamW recipe of configs/train.json.
+        train: run the training demo (baseline and SaRF trained here) instead of classifying with the shipped model.
+        subjects: simulated subjects, each with the six sequences (default 2; 24 with ``--train``, a quarter of them
+            the test split).
+        epochs: training epochs per method (``--train``).
+        image_size: slice size in pixels (``--train``; the shipped model brings its own).
+        voxel_scale: simulator voxel-size factor (default 1, clinical resolution; 2 with ``--train``: coarser,
+            8x smaller volumes).
+        learning_rate: peak learning rate of the AdamW recipe of configs/train.json (``--train``).
         workers: parallel processes for simulation and data loading.
-        seed: simulation and training seed.
-        road_volumes: test volumes of the ROAD faithfulness test (the first ones of the split: 18 are 3 subjects).
+        seed: simulation (and training) seed.
+        road_volumes: test volumes of the ROAD faithfulness test (``--train``; 18 are 3 subjects).
         unknown_volumes: proton-density volumes (a sequence outside the six) added to the inference folder.
     """
+    if not train:
+        return classify_demo(out, subjects=subjects or 2, voxel_scale=voxel_scale or 1.0, workers=workers, seed=seed, unknown_volumes=unknown_volumes)
+    subjects, voxel_scale = subjects or 24, voxel_scale or 2.0
     out = Path(out).resolve()
     start = time.time()
     timings: dict[str, float] = {}
@@ -133,14 +154,111 @@ def run_demo(
     return str(out / "summary.json")
 
 
+def true_sequence(file: str) -> str | None:
+    """The sequence a demo input's name gives: ``sub-0001_T2.nii.gz``, ``dicom/sub-0001_DWI/<uid>`` or
+    ``colin27-ch2_T1.nii.gz`` (the last ``_`` word of the file or of a folder), ``PD`` for ``unknown-00_PD``; None
+    for a name without one (``corrupt.nii.gz``)."""
+    for part in reversed(Path(file).parts):
+        word = part.removesuffix(".gz").removesuffix(".nii").split("_")[-1]
+        if word in SEQUENCES or word == "PD":
+            return word
+    return None
+
+
+def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: float = 1.0, workers: int = 2, seed: int = 0, unknown_volumes: int = 2) -> str:
+    """Simulate a whole-head folder, classify it with the shipped model, explain one volume; return the summary's path.
+
+    The folder (``<out>/inputs``): the six sequences of ``subjects`` new subjects (NIfTI, the first subject's T2 and
+    DWI as DICOM series instead), ``unknown_volumes`` proton-density volumes (outside the six classes), a corrupt
+    file, and Colin27's ``ch2``, ``ch2bet`` and ``ch2better`` (T1) where ``mricron-data`` is installed. Nothing is
+    skull-stripped. A run in an existing folder classifies only what the CSV does not hold yet.
+    """
+    import nibabel as nib
+    from pydicom.uid import generate_uid
+
+    from .dicom import write_dicom_series
+
+    model = BUNDLE_ROOT / "models" / "model.pt"
+    if not model.is_file():
+        raise FileNotFoundError(f"{model} does not exist: make it with `python -m sarf_bundle pretrain`, or run `demo --train`.")
+    out = Path(out).resolve()
+    inputs = out / "inputs"
+    start = time.time()
+    timings: dict[str, float] = {}
+    if not (out / "data" / "datalist.json").is_file():
+        synthesize(out / "data", subjects=subjects, seed=seed, workers=workers, test_fraction=0.5, folds=1, voxel_scale=voxel_scale)
+    inputs.mkdir(parents=True, exist_ok=True)
+    datalist = json.loads((out / "data" / "datalist.json").read_text())
+    first = min(e["image"] for e in datalist["training"] + datalist["testing"]).split("_")[0]
+    for entry in datalist["training"] + datalist["testing"]:
+        source = out / "data" / entry["image"]
+        as_dicom = entry["image"].startswith(first) and entry["sequence"] in DICOM_SERIES
+        target = inputs / "dicom" / entry["image"].removesuffix(".nii.gz") if as_dicom else inputs / entry["image"]
+        if target.exists():
+            continue
+        if as_dicom:
+            image = nib.load(source)
+            header = {"SeriesDescription": DICOM_SERIES[entry["sequence"]], "PatientID": first}
+            uid = generate_uid(entropy_srcs=[str(seed), entry["image"]])  # the same series again when the demo reruns
+            write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, target, header=header, series_uid=uid)
+        else:
+            shutil.copy(source, target)
+    if not list(inputs.glob("unknown-*_PD.nii.gz")):
+        synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
+    (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
+    for name in ("ch2", "ch2bet", "ch2better"):
+        if (COLIN27 / f"{name}.nii.gz").is_file() and not (inputs / f"colin27-{name}_T1.nii.gz").exists():
+            shutil.copy(COLIN27 / f"{name}.nii.gz", inputs / f"colin27-{name}_T1.nii.gz")
+    timings["simulate"] = time.time() - start
+    tick = time.time()
+    output_csv = out / "sequence_predictions.csv"
+    run_bundle(
+        "run", ["inference.json"], bundle_root=str(out), ckpt_dir=str(model.parent), dataset_dir=str(inputs), output_csv=str(output_csv),
+        num_workers=workers, **checkpoint_settings(model),
+    )
+    timings["classify"] = time.time() - tick
+    rows = read_prediction_csv(output_csv)
+    tick = time.time()
+    example = next(p for p in sorted(inputs.glob("*_T1.nii.gz")))
+    explained = explain(str(example), model=str(model), names=["SaRF"], out=str(out / "explanations"))
+    timings["explain"] = time.time() - tick
+    timings["total"] = time.time() - start
+    known = [r for r in rows if r["status"] != "error" and true_sequence(r["file"]) in SEQUENCES]
+    summary = {
+        "model": str(model),
+        "inputs": str(inputs),
+        "n_inputs": len(rows),
+        "accuracy": sum(r["sequence"] == true_sequence(r["file"]) for r in known) / max(len(known), 1),
+        "n_classified_known": len(known),
+        "statuses": dict(Counter(r["status"] for r in rows)),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "outputs": {"predictions_csv": str(output_csv), "relevance_maps": explained["figure"]},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    print(f"\n{'input':52s} {'truth':6s} {'predicted':9s} {'conf.':>5s}  status")
+    for r in rows:
+        truth = true_sequence(r["file"]) or "-"
+        mark = "" if truth not in SEQUENCES or r["status"] == "error" else (" ok" if r["sequence"] == truth else " WRONG")
+        name = str(Path(r["file"]).relative_to(inputs)) if Path(r["file"]).is_relative_to(inputs) else r["file"]
+        detail = r["status"] + (f" ({r['message']})" if r["status"] == "error" else "")
+        print(f"{name[-52:]:52s} {truth:6s} {r['sequence'] or '-':9s} {r['confidence'][:5] or '-':>5s}  {detail}{mark}")
+    print(
+        f"\nAccuracy on the {len(known)} inputs of the six sequences: {summary['accuracy']:.3f}. Statuses: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(summary["statuses"].items()))
+        + f". {len(rows)} inputs in {timings['classify']:.0f} s."
+    )
+    print(f"Predictions: {output_csv}\nRelevance maps of {example.name}: {explained['figure']}\nSummary: {out / 'summary.json'}")
+    return str(out / "summary.json")
+
+
 def confidence_report(rows: list[dict[str, str]], threshold: float | None = None) -> dict:
     """How the inference CSV's confidence and status treat right, wrong and unknown-sequence volumes.
 
-    The truth comes from the simulator's file names (``sub-XXXX_<sequence>.nii.gz``; ``unknown-XX_PD`` is a
+    The truth comes from the file names (:func:`true_sequence`; ``unknown-XX_PD`` is a
     sequence outside the six classes). ``threshold`` defaults to the one the statuses were made with.
     """
     scored = [r for r in rows if r["status"] != "error"]
-    truth = [Path(r["file"]).name.removesuffix(".nii.gz").split("_")[-1] for r in scored]
+    truth = [true_sequence(r["file"]) for r in scored]
     known = [(r, t) for r, t in zip(scored, truth) if t in SEQUENCES]
     right = [float(r["confidence"]) for r, t in known if r["sequence"] == t]
     wrong = [float(r["confidence"]) for r, t in known if r["sequence"] != t]
@@ -167,7 +285,7 @@ def _mean(values: list[float]) -> float:
 
 def load_inference_threshold() -> float:
     """The ``confidence_threshold`` of ``configs/inference.json``."""
-    return float(json.loads((BUNDLE_ROOT / "configs" / "inference.json").read_text())["confidence_threshold"])
+    return float(json.loads(config_file("inference.json").read_text())["confidence_threshold"])
 
 
 def print_summary(summary: dict) -> None:

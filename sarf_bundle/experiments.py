@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
-from .bundle import BUNDLE_ROOT, run_bundle  # noqa: E402
+from .bundle import bundle_version, config_file, run_bundle  # noqa: E402
 from .files import atomic_write_text  # noqa: E402
 from .metrics import aggregate_folds  # noqa: E402
 
@@ -394,7 +394,7 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
         "settings": settings,
         "seconds": seconds,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle_version": json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())["version"],
+        "bundle_version": bundle_version(),
     }
     atomic_write_text(record_file, json.dumps(record, indent=1))
     return record
@@ -409,7 +409,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
     """
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     train = _config("train.json")
-    evaluated = json.loads((BUNDLE_ROOT / "configs" / "evaluate.json").read_text())
+    evaluated = json.loads(config_file("evaluate.json").read_text())
     changes = {}
     for key in sorted((set(old) | set(new)) - UNCOMPARED_KEYS):
         default = train[key] if key in train and key not in evaluated else NOT_SET
@@ -423,7 +423,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
 def _config(*files: str) -> ConfigParser:
     """The raw content of bundle config files (later files override earlier ones)."""
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE_ROOT / "configs" / f) for f in files])
+    parser.read_config([str(config_file(f)) for f in files])
     return parser
 
 

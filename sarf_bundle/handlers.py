@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,8 @@ __all__ = [
     "shard_csv",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 class BestModelState:
     """The best-model bookkeeping of a training, as one object that checkpoints can save and load.
@@ -42,7 +45,7 @@ class BestModelState:
     After ``--resume true``, the evaluator's best metric and the best-model ``CheckpointSaver``'s
     ranking would start empty, so the first validation after resuming would overwrite ``model.pt``
     whatever its score. Saved in the latest checkpoint beside model, optimizer and trainer, this
-    object carries both across the restart, and ``model.pt`` stays a plain state dict.
+    object carries both across the restart, and ``model.pt`` holds only the network and its preprocessing record.
 
     Args:
         saver: the ``CheckpointSaver`` that keeps the best model (``save_key_metric=True``).
@@ -277,13 +280,22 @@ class PredictionWriter:
             "bids_name", "header_sequence", "header_agrees",
         ]  # fmt: skip
         self._rows: list[dict[str, str]] = []
+        self._resumed = 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._load)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._append)
+        engine.add_event_handler(Events.COMPLETED, self._summarize)
 
     def _load(self, engine: Engine) -> None:
         self._rows = read_prediction_csv(self.output_csv)
+        self._resumed = len(self._rows)
+
+    def _summarize(self, engine: Engine) -> None:
+        counts = Counter(r["status"] for r in self._rows)
+        again = f" ({self._resumed} from an earlier run)" if self._resumed else ""
+        statuses = ", ".join(f"{counts[s]} {s}" for s in ("ok", "uncertain", "error") if counts[s])
+        logger.info(f"{len(self._rows)} inputs{again}: {statuses or 'none'}. Predictions: {self.output_csv}")
 
     def _append(self, engine: Engine) -> None:
         probs = volume_probabilities(engine.state.output["pred"] / self.temperature, self.n_slices).cpu().numpy()

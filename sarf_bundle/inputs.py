@@ -17,13 +17,15 @@ The 4D rule (a DWI with several b-values, a multi-echo or a time series):
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
 from .dicom import DicomSeries, read_series
@@ -65,14 +67,25 @@ class LoadVolume(Transform):
     """
 
     def __init__(self) -> None:
-        self.nifti = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+        # LoadImage also builds every other reader MONAI has; the GPU DICOM one (NvImgCodecPydicomReader) warns twice
+        # where nvImageCodec is not installed, though it is never used here.
+        plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+        level = plugin_log.level
+        plugin_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+                self.nifti = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        finally:
+            plugin_log.setLevel(level)
+        self.nibabel = NibabelReader()  # the one reader tried: a corrupt file gives nibabel's error, not one per reader
 
     def __call__(self, source: str | Path | DicomSeries) -> MetaTensor:
         if isinstance(source, DicomSeries):
             image = read_series(source)
             image.meta["sarf_note"] = source.note
             return image
-        image = self.nifti(str(source))
+        image = self.nifti(str(source), reader=self.nibabel)
         note = ""
         if image.ndim > 4:
             dim = [int(v) for v in np.asarray(image.meta["dim"]).reshape(-1)]

@@ -17,7 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from .bundle import BUNDLE_ROOT
+from .bundle import config_file
 
 __all__ = ["Invariance", "invariance", "strip_invariance"]
 
@@ -33,7 +33,7 @@ class Invariance(NamedTuple):
 
 def _parser(config: str, overrides: dict) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / config))
+    parser.read_config(str(config_file(config)))
     parser.update(overrides)
     return parser
 
@@ -52,7 +52,7 @@ def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> 
     Raises:
         ValueError: when the mask marks no pixel of the slices as brain.
     """
-    train = _parser("train.json", {"skull_strip": True, "skull_strip_backend": "mask", **overrides})
+    train = _parser("train.json", {"skull_strip": True, "val_skull_strip": True, "skull_strip_backend": "mask", **overrides})
     deterministic = Compose(train.get_parsed_content("train#deterministic_transforms"))
     finishing = Compose(train.get_parsed_content("validate#strip_transforms") + train.get_parsed_content("train#finishing_transforms"))
     sliced = deterministic({"image": str(image), "brain_mask": str(brain_mask)})

@@ -360,7 +360,9 @@ class SelectPercentileSlices(Transform):
     which is the last (most superior) slice after :class:`CropCranioCaudal`: on a full slab this is the paper's
     percentile, and a volume that covers less of the head gets its slices at the same anatomical levels (depths
     below its lowest slice take that slice). Between two slices the value is interpolated linearly. Only the
-    selected slices are resampled in-plane (zero outside the volume), never the volume:
+    selected slices are resampled in-plane (zero outside the volume), never the volume, after a Gaussian low-pass
+    along each axis that is sampled more coarsely than acquired (``sigma = (factor - 1) / 2`` voxels), so that the
+    pixels do not depend on the acquired resolution through aliasing:
 
     - with ``fov_mm``, onto ``size x size`` pixels of ``fov_mm / size`` millimetres, centred on the in-plane
       centroid of the foreground (see :func:`foreground_mask`), so the physical aspect ratio is kept;
@@ -468,6 +470,8 @@ class SelectPercentileSlices(Transform):
         fov_mm = max(n_x * spacing_x, n_y * spacing_y) if self.fov_mm is None else float(self.fov_mm)
         centre_x, centre_y = geometry.centre
         pixel_mm = fov_mm / self.size
+        if mode == "bilinear":
+            slices = _antialias(slices, (pixel_mm / spacing_x, pixel_mm / spacing_y))
         offsets_mm = (torch.arange(self.size, device=volume.device) - (self.size - 1) / 2) * pixel_mm
         voxel_x = centre_x + offsets_mm / spacing_x
         voxel_y = centre_y + offsets_mm / spacing_y
@@ -483,6 +487,28 @@ class SelectPercentileSlices(Transform):
         slice_affine[:2, :2], slice_affine[:2, 2] = in_plane, origin
         meta = {k: v for k, v in img.meta.items() if k != MetaKeys.AFFINE}
         return MetaTensor(resampled, affine=slice_affine, meta=meta)
+
+
+def _antialias(slices: torch.Tensor, factors: tuple[float, float]) -> torch.Tensor:
+    """Low-pass ``(S, X, Y)`` slices before sampling them ``factors`` times coarser along X and Y.
+
+    A Gaussian of ``sigma = (factor - 1) / 2`` voxels along each axis that is downsampled (the choice of
+    ``skimage.transform.rescale``'s anti-aliasing), so that a slice looks the same at 2.5 mm pixels whether it was
+    acquired at 0.5 or 1 mm, instead of aliasing the finer one into noise. Edges are extended, not zero-padded.
+    """
+    for axis, factor in zip((1, 2), factors):
+        if factor <= 1.0:
+            continue
+        sigma = (factor - 1.0) / 2.0
+        radius = max(1, int(3 * sigma + 0.5))
+        taps = torch.arange(-radius, radius + 1, dtype=slices.dtype, device=slices.device)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        lines = slices.movedim(axis, -1)
+        shape = lines.shape
+        lines = F.pad(lines.reshape(-1, 1, shape[-1]), (radius, radius), mode="replicate")
+        lines = F.conv1d(lines, (kernel / kernel.sum())[None, None]).reshape(shape)
+        slices = lines.movedim(-1, axis)
+    return slices
 
 
 class SelectPercentileSlicesd(MapTransform):

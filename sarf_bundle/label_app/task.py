@@ -25,6 +25,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from sarf_bundle.bundle import checkpoint_settings
 from sarf_bundle.data import SliceBatch, error_message, volume_probabilities
 
 __all__ = ["ImageError", "SequenceInferTask"]
@@ -46,12 +47,14 @@ class SequenceInferTask(BasicInferTask):
 
     Args:
         config_file: the bundle's ``configs/inference.json``.
-        model_path: the checkpoint (``models/model.pt``: the network's state dict, or a dict with a ``model`` entry).
+        model_path: the checkpoint (``models/model.pt``: ``{"model": state dict, "preprocessing": settings}``); the
+            preprocessing runs with the settings it was trained with.
         bundle_root: the value of the config's ``bundle_root``.
         description: shown by ``GET /info/``; by default the one of the config's ``metadata.json`` when there is one.
 
     Raises:
         FileNotFoundError: when the config file or the checkpoint does not exist.
+        ValueError: when the checkpoint does not record the preprocessing it was trained with.
     """
 
     def __init__(self, config_file: str | Path, model_path: str | Path, bundle_root: str | Path, description: str | None = None) -> None:
@@ -67,6 +70,7 @@ class SequenceInferTask(BasicInferTask):
         self.parser.read_config(str(config_file))
         self.parser["bundle_root"] = str(bundle_root)
         self.parser["ckpt_dir"] = str(model_path.parent)  # files kept beside the checkpoint follow it
+        self.parser.update(checkpoint_settings(model_path))  # the preprocessing the model was trained with
         if description is None:
             description = self._metadata_description(config_file.parent / "metadata.json")
         self.class_names = [str(c) for c in self.parser.get_parsed_content("class_names")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import onnxruntime as ort
@@ -12,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, bundle_version, checkpoint_settings, load_inference_bundle, run_bundle
 from sarf_bundle.data import volume_probabilities
 from sarf_bundle.handlers import latest_checkpoint
 from sarf_bundle.networks import SaliencyResNet
@@ -42,7 +43,9 @@ def test_training_writes_best_and_latest_checkpoints(trained):
     assert (root / "models" / "latest_checkpoint_epoch=2.pt").is_file()
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     net = SaliencyResNet()
-    net.load_state_dict(state)
+    net.load_state_dict(state["model"])
+    assert state["preprocessing"]["image_size"] == SMALL["image_size"] and state["preprocessing"]["class_names"] == list(SEQUENCES)
+    assert checkpoint_settings(root / "models" / "model.pt")["image_size"] == SMALL["image_size"]
     assert (root / "eval" / "tensorboard").is_dir()
 
 
@@ -112,15 +115,40 @@ def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path):
         assert len(list(csv.DictReader(f))) == len(rows), "a restarted run added rows again"
 
 
+def test_a_config_that_preprocesses_otherwise_than_training_is_refused(trained, tmp_path):
+    """The checkpoint records the slice size; inference at another one stops with the setting and the fix."""
+    root, datalist = trained
+    overrides = dict(bundle_root=str(root), dataset_dir=str(datalist.parent), output_csv=str(tmp_path / "p.csv"), num_workers=0)
+    with pytest.raises(RuntimeError) as refused:  # the config's CheckpointLoader: MONAI wraps the handler's error
+        run_bundle("run", ["inference.json"], **{**overrides, "image_size": 48})
+    assert re.search(r"image_size 32 \(config: 48\).*`--image_size 32`", str(refused.value.__cause__))
+    with pytest.raises(RuntimeError) as refused:
+        run_bundle("run", ["train.json", "evaluate.json"], **{**overrides, "image_size": 32, "norm_statistics": "moments"})
+    assert "norm_statistics robust (config: moments)" in str(refused.value.__cause__)
+    with pytest.raises(ValueError, match=r"model.pt: the model was trained with other preprocessing.*image_size 32 \(config: 48\)"):
+        load_inference_bundle(root / "models" / "model.pt", image_size=48)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_checkpoint_without_its_preprocessing_is_refused(trained, tmp_path):
+    root, _ = trained
+    bare = tmp_path / "model.pt"
+    torch.save(torch.load(root / "models" / "model.pt", weights_only=True)["model"], bare)
+    with pytest.raises(ValueError, match=r"model.pt: the checkpoint does not say what preprocessing"):
+        load_inference_bundle(bare)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_inference_bundle(tmp_path / "missing.pt")
+
+
 def test_export_and_network_verification(trained, tmp_path):
     root, _ = trained
     meta, config = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config)
     ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(root / "models" / "model.pt"), meta_file=meta, config_file=config)
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model", meta_file=meta, config_file=config)
     exported = torch.jit.load(str(ts))
     net = SaliencyResNet()
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True)["model"])
     net.eval()
     x = torch.randn(3, 1, 64, 64)
     torch.testing.assert_close(exported(x), net(x))
@@ -133,6 +161,7 @@ def test_onnx_export_with_dynamic_batch_agrees_with_eager(trained, tmp_path):
         net_id="network_def",
         filepath=str(onnx_file),
         ckpt_file=str(root / "models" / "model.pt"),
+        key_in_ckpt="model",
         meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "inference.json"),
         input_shape=[1, 1, 32, 32],
@@ -142,7 +171,7 @@ def test_onnx_export_with_dynamic_batch_agrees_with_eager(trained, tmp_path):
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert list(session.get_inputs()[0].shape) == ["batch", 1, 32, 32]
     net = SaliencyResNet()
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True)["model"])
     net.eval()
     for batch in (1, 7):  # one slice, and a whole volume's slices
         x = torch.randn(batch, 1, 32, 32)
@@ -161,8 +190,8 @@ def test_calibration_then_inference_uses_the_temperature(trained, tmp_path):
     run_bundle("run", ["inference.json"], bundle_root=str(root), dataset_dir=str(datalist.parent), output_csv=str(output_csv), **SMALL)
     row = next(r for r in csv.DictReader(output_csv.open()) if r["status"] != "error")
     net = SaliencyResNet()
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    bundle = load_inference_bundle(root / "models" / "model.pt", image_size=SMALL["image_size"])
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True)["model"])
+    bundle = load_inference_bundle(root / "models" / "model.pt")  # the slice size comes from the checkpoint
     with torch.no_grad():
         logits = net.eval()(bundle.load(row["file"])[:, None])
     expected = volume_probabilities(logits / calibration["temperature"], logits.shape[0])[0]
@@ -182,5 +211,15 @@ def test_inference_preprocessing_is_training_preprocessing_without_stripping():
     strip = lambda t: {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys", "mode")}  # noqa: E731
     assert [strip(t) for t in validation if t["_target_"] not in dropped] == [strip(t) for t in infer]
     assert [t["_target_"] for t in train["validate"]["strip_transforms"]] == ["sarf_bundle.transforms.SkullStripd"]
-    shared = ("percentiles", "image_size", "fov_mm", "crop_mm", "norm_radius_mm", "norm_statistics", "norm_slices", "class_names")
+    shared = ("percentiles", "image_size", "fov_mm", "crop_mm", "norm_radius_mm", "norm_statistics", "norm_slices", "class_names",
+              "preprocessing_settings")
     assert {k: train[k] for k in shared} == {k: ConfigParser.load_config_file(CONFIGS / "inference.json")[k] for k in shared}
+
+
+def test_without_the_bundle_folder_commands_say_how_to_install(monkeypatch, tmp_path):
+    """A non-editable ``pip install .`` leaves configs/ and models/ behind: the error says so."""
+    monkeypatch.setattr("sarf_bundle.bundle.BUNDLE_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"configs/train.json does not exist.*pip install -e \."):
+        run_bundle("training", ["train.json"])
+    with pytest.raises(FileNotFoundError, match=r"configs/metadata.json does not exist"):
+        bundle_version()

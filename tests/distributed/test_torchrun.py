@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle, save_checkpoint
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.networks import SaliencyResNet
 
@@ -49,9 +49,9 @@ def test_two_process_training_saves_one_consistent_model(simulated_dataset, tmp_
     models = root / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["latest_checkpoint_epoch=1.pt", "model.pt", "rank0.pt", "rank1.pt"]
     assert output.count("train_total") == 1 and output.count("val_accuracy") == 1  # only rank 0 logs
-    best = torch.load(models / "model.pt", weights_only=True)
+    best = torch.load(models / "model.pt", weights_only=True)["model"]
     latest = torch.load(models / "latest_checkpoint_epoch=1.pt", weights_only=True)
-    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best"}
+    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best", "preprocessing"}
     ranks = [torch.load(models / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     net = SaliencyResNet()
     net.load_state_dict(best)  # plain keys, no DistributedDataParallel "module." prefix
@@ -75,7 +75,7 @@ def test_sharded_inference_writes_every_volume_once(volume_folder, tmp_path):
     root = tmp_path / "bundle"
     (root / "models").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(SaliencyResNet().state_dict(), root / "models" / "model.pt")
+    save_checkpoint(SaliencyResNet(), root / "models" / "model.pt", image_size=32)
     files = sorted(str(p) for p in volume_folder.iterdir())
     args = ["--bundle_root", str(root), "--dataset_dir", str(volume_folder), "--image_size", "32", "--batch_size", "2", "--num_workers", "0"]
     configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "multi_gpu_inference.json")]

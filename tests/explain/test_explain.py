@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sarf_bundle.bundle import load_inference_bundle
+from sarf_bundle.bundle import load_inference_bundle, save_checkpoint
 from sarf_bundle.cli import main
 from sarf_bundle.data import load_datalist
 from sarf_bundle.explain import class_map_similarity, explain
@@ -28,7 +28,7 @@ def checkpoints(tmp_path_factory):
         torch.manual_seed(seed)
         path = root / name / "models" / "model.pt"
         path.parent.mkdir(parents=True)
-        torch.save(SaliencyResNet().state_dict(), path)
+        save_checkpoint(SaliencyResNet(), path, image_size=SIZE)
         paths.append(str(path))
     return paths
 
@@ -66,8 +66,12 @@ def test_explain_bad_inputs(checkpoints, volume, tmp_path):
         explain(volume, model=str(tmp_path / "missing.pt"), out=str(tmp_path))
     wrong = tmp_path / "wrong.pt"
     torch.save({"weight": torch.zeros(3)}, wrong)
-    with pytest.raises(ValueError, match="wrong.pt.*not a checkpoint"):
+    with pytest.raises(ValueError, match="wrong.pt: the checkpoint does not say what preprocessing"):
         explain(volume, model=str(wrong), out=str(tmp_path))
+    wrong_network = tmp_path / "wrong_network.pt"
+    torch.save({"model": {"weight": torch.zeros(3)}, "preprocessing": torch.load(checkpoints[0], weights_only=True)["preprocessing"]}, wrong_network)
+    with pytest.raises(ValueError, match="wrong_network.pt: not a checkpoint of this bundle's network"):
+        explain(volume, model=str(wrong_network), out=str(tmp_path))
     with pytest.raises(ValueError, match="distinct name"):
         explain(volume, model=checkpoints, names=["a"], out=str(tmp_path))
 

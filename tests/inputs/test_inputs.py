@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle, save_checkpoint
 from sarf_bundle.data import InferenceDataset, list_volumes
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.inputs import CheckVolume, LoadVolume, VolumeError
@@ -45,7 +45,7 @@ def bundle_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     (root / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(SaliencyResNet().state_dict(), root / "models" / "model.pt")
+    save_checkpoint(SaliencyResNet(), root / "models" / "model.pt", image_size=SIZE)
     return root
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle
+from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, save_checkpoint
 from sarf_bundle.data import load_datalist, volume_probabilities
 from sarf_bundle.label_app.environment import environment_python
 from sarf_bundle.networks import SaliencyResNet
@@ -90,7 +90,7 @@ def server(label_venv, simulated_dataset, tmp_path_factory):
     work = tmp_path_factory.mktemp("label_server")
     torch.manual_seed(0)
     checkpoint = work / "model.pt"
-    torch.save(SaliencyResNet().state_dict(), checkpoint)
+    save_checkpoint(SaliencyResNet(), checkpoint, image_size=48)  # not the config's 96: the app must read it from the checkpoint
 
     studies = work / "studies"
     studies.mkdir()

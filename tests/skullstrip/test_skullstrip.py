@@ -140,7 +140,7 @@ def test_training_config_reads_the_cached_mask(colin27, colin27_deepbet, count_b
     cache, mask_file = colin27_deepbet
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"skull_strip_backend": "deepbet", "skull_strip_cache": str(cache), "device": "cpu"})
+    parser.update({"skull_strip_backend": "deepbet", "skull_strip_cache": str(cache), "device": "cpu", "val_skull_strip": True})
     transforms = parser.get_parsed_content("validate#preprocessing").transforms
     names = [type(t).__name__ for t in transforms]
     data = {"image": str(head), "label": 3}

@@ -154,6 +154,30 @@ def test_resampling_keeps_aspect_and_centres_foreground(spacing_x, spacing_y):
     assert world_centre[:2].tolist() == pytest.approx([60.0 - 20.0, 40.0 - 25.0], abs=1.0)
 
 
+def striped_disc(spacing_mm: float, period_mm: float) -> MetaTensor:
+    """A 100 mm disc (3 slices) whose intensity is 100 + 50 x a sine of ``period_mm`` along R, at ``spacing_mm`` voxels."""
+    n = round(160 / spacing_mm)
+    x_mm, y_mm = np.meshgrid(np.arange(n) * spacing_mm, np.arange(n) * spacing_mm, indexing="ij")
+    disc = (x_mm - 80) ** 2 + (y_mm - 80) ** 2 < 50**2
+    image = np.where(disc, 100 + 50 * np.sin(2 * np.pi * x_mm / period_mm), 0.0)
+    return volume(np.repeat(image[..., None], 3, axis=2).astype(np.float32), (spacing_mm, spacing_mm, 3.0))
+
+
+@pytest.mark.parametrize("spacing_mm", [0.5, 1.0])
+def test_detail_finer_than_the_pixels_is_smoothed_away_not_aliased(spacing_mm):
+    """At 2.5 mm pixels, stripes of 2.2 mm (finer than the 5 mm the pixels can show, coarser than the 2 mm that
+    1 mm voxels can) keep under a fifth of their contrast, at either acquired resolution; stripes of 20 mm pass.
+    Plain sampling would alias the fine stripes into coarse ones of full contrast."""
+    select = SelectPercentileSlices(percentiles=(50,), extent_mm=6.0, size=48, fov_mm=120.0)
+    centre = (slice(14, 34), slice(14, 34))  # well inside the disc
+    fine = select(striped_disc(spacing_mm, 2.2))[0][centre]
+    coarse = select(striped_disc(spacing_mm, 20.0))[0][centre]
+    assert float(fine.std()) < 0.2 * 50 / np.sqrt(2) and float(fine.mean()) == pytest.approx(100, abs=3)
+    assert float(coarse.std()) > 0.8 * 50 / np.sqrt(2)
+    mask = SelectPercentileSlices(percentiles=(50,), extent_mm=6.0, size=48, fov_mm=120.0)(striped_disc(spacing_mm, 2.2) > 0, mode="nearest")
+    assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}  # masks are sampled, never smoothed
+
+
 def test_whole_head_geometry_samples_the_mask_and_stripping_the_slices_strips_the_head():
     arrays = head((40, 48, 36), SPACING, top=33)
     arrays["brain_mask"][:20] = 0.0  # a brain off the head's centre: the geometry must still be the head's
