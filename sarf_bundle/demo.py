@@ -240,8 +240,9 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
         truth = true_sequence(r["file"]) or "-"
         mark = "" if truth not in SEQUENCES or r["status"] == "error" else (" ok" if r["sequence"] == truth else " WRONG")
         name = str(Path(r["file"]).relative_to(inputs)) if Path(r["file"]).is_relative_to(inputs) else r["file"]
+        name = name if len(name) <= 52 else name[:49] + "..."  # a DICOM series: its folder and the start of its uid
         detail = r["status"] + (f" ({r['message']})" if r["status"] == "error" else "")
-        print(f"{name[-52:]:52s} {truth:6s} {r['sequence'] or '-':9s} {r['confidence'][:5] or '-':>5s}  {detail}{mark}")
+        print(f"{name:52s} {truth:6s} {r['sequence'] or '-':9s} {r['confidence'][:5] or '-':>5s}  {detail}{mark}")
     print(
         f"\nAccuracy on the {len(known)} inputs of the six sequences: {summary['accuracy']:.3f}. Statuses: "
         + ", ".join(f"{n} {k}" for k, n in sorted(summary["statuses"].items()))

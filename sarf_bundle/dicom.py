@@ -47,13 +47,14 @@ from typing import Any
 import numpy as np
 import pydicom
 from monai.data import MetaTensor, PydicomReader
-from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.misc import is_dicom
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
+
+from .files import image_loader
 
 __all__ = [
     "BIDS_NAMES",
@@ -572,7 +573,7 @@ def read_series(series: DicomSeries) -> MetaTensor:
         if not Path(name).is_file():
             raise FileNotFoundError(f"series {series.name}: file not found: {name}")
     reader = _SeriesReader()
-    loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    loader = image_loader(image_only=True, ensure_channel_first=True, dtype=np.float32)
     return loader(series.files, reader=reader)
 
 

@@ -1,18 +1,39 @@
-"""Atomic file writes: a temporary file in the destination folder, then a rename.
+"""Files: atomic writes (a temporary file in the destination folder, then a rename) and a quiet image loader.
 
 An interrupted run never leaves a half-written NIfTI, datalist, report or CSV behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.transforms import LoadImage
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_nifti"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "image_loader", "write_nifti"]
+
+
+def image_loader(**kwargs) -> LoadImage:
+    """MONAI's ``LoadImage(**kwargs)``, built without the two messages of its GPU DICOM reader.
+
+    ``LoadImage`` builds every reader MONAI has, whichever it is asked to use; where nvImageCodec is not installed
+    the GPU DICOM one (``NvImgCodecPydicomReader``) logs a warning and warns once more, for a reader the bundle
+    never uses. Call the loader with ``reader=`` an instance, so that no other reader is tried either.
+    """
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            return LoadImage(**kwargs)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

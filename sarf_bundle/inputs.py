@@ -17,8 +17,6 @@ The 4D rule (a DWI with several b-values, a multi-echo or a time series):
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -26,9 +24,10 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader
-from monai.transforms import LoadImage, MapTransform, Transform
+from monai.transforms import MapTransform, Transform
 
 from .dicom import DicomSeries, read_series
+from .files import image_loader
 from .transforms import foreground_mask
 
 __all__ = ["CheckVolume", "CheckVolumed", "LoadVolume", "LoadVolumed", "VolumeError", "bvals_of"]
@@ -67,17 +66,7 @@ class LoadVolume(Transform):
     """
 
     def __init__(self) -> None:
-        # LoadImage also builds every other reader MONAI has; the GPU DICOM one (NvImgCodecPydicomReader) warns twice
-        # where nvImageCodec is not installed, though it is never used here.
-        plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
-        level = plugin_log.level
-        plugin_log.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
-                self.nifti = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-        finally:
-            plugin_log.setLevel(level)
+        self.nifti = image_loader(image_only=True, ensure_channel_first=True, dtype=np.float32)
         self.nibabel = NibabelReader()  # the one reader tried: a corrupt file gives nibabel's error, not one per reader
 
     def __call__(self, source: str | Path | DicomSeries) -> MetaTensor:

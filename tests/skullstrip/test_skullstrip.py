@@ -205,6 +205,9 @@ def test_evaluation_and_inference_never_strip():
     train = ConfigParser()
     train.read_config(str(CONFIGS / "train.json"))
     names = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
+    assert "SkullStripd" not in names  # validation is whole-head by default, as the volumes the model will meet
+    train.update({"val_skull_strip": True})  # the paper's protocol validates on stripped volumes
+    names = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
     assert names.index("BrainMaskd") < names.index("LoadVolumed") < names.index("SkullStripd")
 
 
