@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from tqdm import tqdm
 
 from . import SEQUENCES
 from .data import VolumeOutput, volume_probabilities
@@ -260,6 +261,8 @@ class PredictionWriter:
         class_names: class names in index order.
         confidence_threshold: below this top probability the status is ``uncertain``.
         temperature: divides the slice logits before the softmax (:mod:`sarf_bundle.calibration`).
+        progress: show a progress bar over the inputs; at the end, one line logs the count of each status and the
+            CSV's path either way.
     """
 
     def __init__(
@@ -269,6 +272,7 @@ class PredictionWriter:
         class_names: Sequence[str] = SEQUENCES,
         confidence_threshold: float = 0.0,
         temperature: float = 1.0,
+        progress: bool = True,
     ) -> None:
         self.output_csv = Path(output_csv)
         self.n_slices = n_slices
@@ -279,19 +283,36 @@ class PredictionWriter:
             "file", "sequence", *[f"p_{c}" for c in self.class_names], "confidence", "status", "message",
             "bids_name", "header_sequence", "header_agrees",
         ]  # fmt: skip
+        self.progress = progress
         self._rows: list[dict[str, str]] = []
         self._resumed = 0
+        self._bar: tqdm | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._load)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._append)
         engine.add_event_handler(Events.COMPLETED, self._summarize)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
     def _load(self, engine: Engine) -> None:
         self._rows = read_prediction_csv(self.output_csv)
         self._resumed = len(self._rows)
+        dataset = getattr(engine.state.dataloader, "dataset", None)
+        total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        self._bar = tqdm(total=total, desc="classifying", unit="input", disable=not self.progress)
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        """Close the bar and raise the error again: with a handler for it, ignite would swallow it."""
+        self._close_bar()
+        raise error
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _summarize(self, engine: Engine) -> None:
+        self._close_bar()
         counts = Counter(r["status"] for r in self._rows)
         again = f" ({self._resumed} from an earlier run)" if self._resumed else ""
         statuses = ", ".join(f"{counts[s]} {s}" for s in ("ok", "uncertain", "error") if counts[s])
@@ -307,6 +328,8 @@ class PredictionWriter:
         ):
             self._rows.append(self._row(name, p, status, message, warning, header))
         _write_csv(self.output_csv, self.columns, self._rows)
+        if self._bar is not None:
+            self._bar.update(len(probs))
 
     def _row(self, name: str, p: np.ndarray, status: str, message: str, warning: str, header: str) -> dict[str, str]:
         row = {"file": name, "status": status, "message": message}

@@ -85,7 +85,7 @@ def test_evaluation_on_test_split(trained):
     assert len(rows) == n_test and all(r["label"] in SEQUENCES for r in rows)
 
 
-def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path):
+def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path, capsys):
     root, datalist = trained
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -97,6 +97,10 @@ def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path):
     out_csv = tmp_path / "predictions.csv"
     overrides = dict(bundle_root=str(root), dataset_dir=str(inputs), output_csv=str(out_csv), image_size=32, num_workers=0, batch_size=2)
     run_bundle("run", ["inference.json"], **overrides)
+    printed = capsys.readouterr()
+    assert re.search(r"classifying: 100%.*\b6/6 ", printed.err)  # one bar over the 6 inputs, not the 3 batches
+    assert re.search(rf"6 inputs: (\d ok, )?(\d uncertain, )?1 error\. Predictions: {re.escape(str(out_csv))}", printed.out)
+    assert "unable to load" not in printed.out + printed.err and "NvImgCodec" not in printed.out + printed.err
     with open(out_csv) as f:
         reader = csv.DictReader(f)
         rows = list(reader)
