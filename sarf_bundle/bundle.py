@@ -187,6 +187,8 @@ class InferenceBundle:
         class_names: the class of each output.
         percentiles: the cranio-caudal percentile of each slice.
         device: where the network runs.
+        temperature: divides the logits before the softmax, as in inference (``calibration.json`` beside the
+            checkpoint; 1.0 without one).
     """
 
     network: torch.nn.Module
@@ -194,6 +196,7 @@ class InferenceBundle:
     class_names: list[str]
     percentiles: list[float]
     device: torch.device
+    temperature: float = 1.0
 
     def load(self, path: str | Path) -> torch.Tensor:
         """Preprocess one volume to its slice stack ``(S, H, W)`` (float32, on CPU).
@@ -247,7 +250,7 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
     """Build the network and preprocessing of ``configs/inference.json`` and load a checkpoint into the network.
 
     The preprocessing is the one the checkpoint was trained with (:func:`checkpoint_settings`); an override that
-    contradicts it is refused.
+    contradicts it is refused. The temperature is that of the ``calibration.json`` beside the checkpoint.
 
     Args:
         checkpoint: a ``model.pt`` written by training: ``{"model": state dict, "preprocessing": settings}``.
@@ -261,7 +264,7 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
     settings = checkpoint_settings(checkpoint)
     parser = ConfigParser()
     parser.read_config(str(config_file("inference.json")))
-    parser.update({**settings, **overrides})
+    parser.update({"ckpt_dir": str(Path(checkpoint).parent), **settings, **overrides})
     network, device = parser.get_parsed_content("network"), parser.get_parsed_content("device")
     stored = torch.load(checkpoint, map_location=device, weights_only=True)
     try:
@@ -278,4 +281,5 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
         class_names=list(parser.get_parsed_content("class_names")),
         percentiles=list(parser.get_parsed_content("percentiles")),
         device=device,
+        temperature=float(parser.get_parsed_content("temperature")),
     )

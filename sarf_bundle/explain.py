@@ -52,11 +52,12 @@ def explain_slices(bundle: InferenceBundle, slices: torch.Tensor, targets: torch
         targets: classes to explain per slice, ``(S,)`` or ``(S, T)``; default every class.
 
     Returns:
-        ``(relevance, probabilities)``: maps ``(S, T, H, W)`` and the volume's class probabilities ``(K,)``.
+        ``(relevance, probabilities)``: maps ``(S, T, H, W)`` and the volume's class probabilities ``(K,)``,
+        temperature-scaled as in inference.
     """
     images = slices[:, None].to(bundle.device)
     explanation = relevance_maps(bundle.network, images, None if targets is None else targets.to(bundle.device))
-    probabilities = volume_probabilities(explanation.logits, slices.shape[0])[0]
+    probabilities = volume_probabilities(explanation.logits / bundle.temperature, slices.shape[0])[0]
     return explanation.relevance[:, :, 0].cpu().numpy(), probabilities.cpu().numpy()
 
 

@@ -31,16 +31,13 @@ def shipped():
 def classify(bundle, path) -> tuple[str, float]:
     stack = bundle.load(path)
     with torch.no_grad():
-        p = volume_probabilities(bundle.network(stack[:, None].to(bundle.device)) / temperature(), stack.shape[0])[0]
+        p = volume_probabilities(bundle.network(stack[:, None].to(bundle.device)) / bundle.temperature, stack.shape[0])[0]
     return bundle.class_names[int(p.argmax())], float(p.max())
-
-
-def temperature() -> float:
-    return float(json.loads((BUNDLE_ROOT / "models" / "calibration.json").read_text())["temperature"])
 
 
 def test_the_file_is_small_safe_and_named_in_the_model_card():
     assert MODEL.stat().st_size <= 25 * 2**20
+    assert load_inference_bundle(MODEL).temperature == json.loads((BUNDLE_ROOT / "models" / "calibration.json").read_text())["temperature"]
     stored = torch.load(MODEL, weights_only=True)
     assert set(stored) == {"model", "preprocessing"}
     assert {t.dtype for t in stored["model"].values() if t.ndim == 4} == {torch.float16}  # the convolution kernels
