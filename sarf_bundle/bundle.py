@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,7 +13,7 @@ import torch
 from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser, run
 
-from .files import atomic_write_bytes
+from .files import atomic_torch_save
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -138,13 +137,37 @@ class PreprocessingSettings:
         """The settings stored in a checkpoint file; None for a checkpoint without them (a bare state dict).
 
         Raises:
+            FileNotFoundError: when the checkpoint does not exist.
             ValueError: naming the file when it cannot be read as a checkpoint.
         """
-        try:
-            stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{checkpoint}: not a checkpoint that loads with weights_only=True ({type(error).__name__}: {error}).") from error
+        stored = _read_checkpoint(Path(checkpoint))
         return stored.get("preprocessing") if isinstance(stored, dict) else None
+
+
+def _read_checkpoint(checkpoint: Path) -> Any:
+    """A checkpoint's content, loaded on the CPU with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: when the checkpoint does not exist.
+        ValueError: naming the file when it cannot be read that way.
+    """
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; train one with `python -m monai.bundle run training ...`.")
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{checkpoint}: not a checkpoint that loads with weights_only=True ({type(error).__name__}: {error}).") from error
+
+
+def _recorded_settings(stored: Any, checkpoint: Path) -> dict[str, Any]:
+    """The preprocessing record of a loaded checkpoint, as config overrides; ValueError naming the file without one."""
+    settings = stored.get("preprocessing") if isinstance(stored, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"{checkpoint}: the checkpoint does not say what preprocessing the model was trained with (no 'preprocessing' "
+            "entry next to 'model'); train it with this bundle's configs/train.json, which records it."
+        )
+    return {k: settings[k] for k in PreprocessingSettings.COMPARED if k in settings}
 
 
 def _plain(value: Any) -> Any:
@@ -222,9 +245,7 @@ def save_checkpoint(network: torch.nn.Module, path: str | Path, **overrides) -> 
     parser.read_config(str(config_file("inference.json")))
     parser.update(overrides)
     settings = parser.get_parsed_content("preprocessing_settings").state_dict()
-    buffer = io.BytesIO()
-    torch.save({"model": network.state_dict(), "preprocessing": settings}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save({"model": network.state_dict(), "preprocessing": settings}, path)
 
 
 def checkpoint_settings(checkpoint: str | Path) -> dict[str, Any]:
@@ -235,15 +256,7 @@ def checkpoint_settings(checkpoint: str | Path) -> dict[str, Any]:
         ValueError: naming the file when it cannot be read or holds no preprocessing record (a bare state dict).
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; train one with `python -m monai.bundle run training ...`.")
-    stored = PreprocessingSettings.read(checkpoint)
-    if not isinstance(stored, dict):
-        raise ValueError(
-            f"{checkpoint}: the checkpoint does not say what preprocessing the model was trained with (no 'preprocessing' "
-            "entry next to 'model'); train it with this bundle's configs/train.json, which records it."
-        )
-    return {k: stored[k] for k in PreprocessingSettings.COMPARED if k in stored}
+    return _recorded_settings(_read_checkpoint(checkpoint), checkpoint)
 
 
 def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundle:
@@ -261,12 +274,13 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
         ValueError: when it cannot be loaded into the network or was trained with other preprocessing than
             ``overrides`` ask for, naming the file.
     """
-    settings = checkpoint_settings(checkpoint)
+    checkpoint = Path(checkpoint)
+    stored = _read_checkpoint(checkpoint)  # read once: the record sets the preprocessing, the weights fill the network
+    settings = _recorded_settings(stored, checkpoint)
     parser = ConfigParser()
     parser.read_config(str(config_file("inference.json")))
-    parser.update({"ckpt_dir": str(Path(checkpoint).parent), **settings, **overrides})
+    parser.update({"ckpt_dir": str(checkpoint.parent), **settings, **overrides})
     network, device = parser.get_parsed_content("network"), parser.get_parsed_content("device")
-    stored = torch.load(checkpoint, map_location=device, weights_only=True)
     try:
         parser.get_parsed_content("preprocessing_settings").load_state_dict(stored["preprocessing"])
     except ValueError as error:

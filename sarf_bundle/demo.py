@@ -219,7 +219,7 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
     timings["classify"] = time.time() - tick
     rows = read_prediction_csv(output_csv)
     tick = time.time()
-    example = next(p for p in sorted(inputs.glob("*_T1.nii.gz")))
+    example = sorted(inputs.glob("*_T1.nii.gz"))[0]
     explained = explain(str(example), model=str(model), names=["SaRF"], out=str(out / "explanations"))
     timings["explain"] = time.time() - tick
     timings["total"] = time.time() - start

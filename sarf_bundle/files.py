@@ -5,6 +5,7 @@ An interrupted run never leaves a half-written NIfTI, datalist, report or CSV be
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.transforms import LoadImage
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "image_loader", "write_nifti"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "image_loader", "write_nifti"]
 
 
 def image_loader(**kwargs) -> LoadImage:
@@ -43,6 +45,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> bytes:
+    """``torch.save`` an object to ``path`` atomically; return the bytes written (e.g. for a checksum)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

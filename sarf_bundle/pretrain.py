@@ -11,7 +11,6 @@ Every step resumes: existing data is reused, an interrupted training continues f
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .bundle import BUNDLE_ROOT, PreprocessingSettings, config_file, run_bundle
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .simulation.dataset import synthesize
 
 __all__ = ["DATA", "export_model", "pretrain"]
@@ -50,10 +49,7 @@ def export_model(checkpoint: str | Path, out: str | Path) -> str:
     if not isinstance(stored, dict) or not {"model", "preprocessing"} <= set(stored):
         raise ValueError(f"{checkpoint}: expected a checkpoint with 'model' and 'preprocessing' entries, as configs/train.json writes.")
     model = {k: v.half() if v.is_floating_point() and v.ndim == 4 else v for k, v in stored["model"].items()}
-    buffer = io.BytesIO()
-    torch.save({"model": model, "preprocessing": stored["preprocessing"]}, buffer)
-    atomic_write_bytes(out, buffer.getvalue())
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
+    return hashlib.sha256(atomic_torch_save({"model": model, "preprocessing": stored["preprocessing"]}, out)).hexdigest()
 
 
 def pretrain(out: str | Path = "runs/pretrain", workers: int = 2, export: bool = True) -> str:
