@@ -46,7 +46,8 @@ def load_datalist(
         exclude_folds: drop these folds (training: ``[k]``).
 
     Returns:
-        The entries, in file order.
+        The entries, in file order, each with a ``filename`` key (the image path, see :func:`item_name`), which
+        survives the preprocessing, so that evaluation results name their volumes.
 
     Raises:
         FileNotFoundError: if the datalist does not exist.
@@ -65,7 +66,8 @@ def load_datalist(
             continue
         if exclude_folds is not None and entry.get("fold") in exclude_folds:
             continue
-        entries.append({k: (str(path.parent / v) if k in FILE_KEYS else v) for k, v in entry.items()})
+        resolved = {k: (str(path.parent / v) if k in FILE_KEYS else v) for k, v in entry.items()}
+        entries.append({**resolved, "filename": item_name(resolved)})
     if not entries:
         raise ValueError(f"Datalist {path}: split {split!r} with folds={folds}, exclude_folds={exclude_folds} is empty.")
     return entries

@@ -39,12 +39,14 @@ from monai.bundle import ConfigParser  # noqa: E402
 
 from .bundle import bundle_version, config_file, run_bundle  # noqa: E402
 from .files import atomic_write_text  # noqa: E402
+from .data import load_datalist  # noqa: E402
 from .metrics import aggregate_folds  # noqa: E402
 
 __all__ = [
     "METHODS",
     "PAPER_GRID",
     "HEATMAP_METRICS",
+    "FOLD_EVALUATIONS",
     "crossval",
     "run_crossval",
     "fold_ids",
@@ -95,6 +97,18 @@ RESERVED_KEYS = frozenset({"bundle_root", "dataset_dir", "datalist", "fold"})
 NOT_SET = "<not set>"
 """How a setting that a run did not override and ``train.json`` cannot tell shows in messages."""
 
+VALIDATION_DATA = "$sarf_bundle.data.load_datalist(@datalist, 'training', folds=[@fold])"
+"""The datalist entries of the fold's own validation fold, as a config expression."""
+
+FOLD_EVALUATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "test": ("eval", {}),
+    "validation_stripped": ("eval/validation_stripped", {"skull_strip": True, "val_skull_strip": True, "validate#dataset#data": VALIDATION_DATA}),
+    "validation_whole_head": ("eval/validation_whole_head", {"validate#dataset#data": VALIDATION_DATA}),
+}
+"""What each fold's model is evaluated on with ``configs/evaluate.json``, and the folder of the results: the held-out
+test split, whole head (the benchmark's result), and the fold's own validation volumes skull-stripped (in domain for
+the paper's protocol: has the model converged?) and whole head (how much of the gap is the domain shift?)."""
+
 FOLD_FILE = "fold.json"
 SUMMARY_FILE = "crossval.json"
 
@@ -113,11 +127,14 @@ def crossval(
     Each fold ``k`` is the bundle root ``<out>/<method>/fold<k>/``, trained with ``configs/train.json``
     (validation on fold ``k``, training on the other folds, ``models/model.pt`` = lowest validation loss)
     and tested with ``configs/evaluate.json`` on the datalist's ``testing`` split, which writes
-    ``eval/metrics.json``, ``eval/predictions.csv`` and ``eval/confusion_matrix.csv``. Then
-    ``fold.json`` (settings, datalist hash, seconds) is written last. A fold whose ``fold.json``
-    matches the requested settings and whose metrics exist is skipped; any other fold is trained from
-    scratch, so an interrupted run resumes at the fold it was on. ``<out>/<method>/crossval.json`` holds
-    the mean ± std over folds (:func:`sarf_bundle.metrics.aggregate_folds`, ``ddof=0``) of every metric.
+    ``eval/metrics.json``, ``eval/predictions.csv`` and ``eval/confusion_matrix.csv``. The model is also
+    evaluated on its own validation fold, skull-stripped (``eval/validation_stripped/``) and whole head
+    (``eval/validation_whole_head/``), see :data:`FOLD_EVALUATIONS`. Then ``fold.json`` (settings, datalist
+    hash, seconds, training slices per second, the three accuracies) is written last. A fold whose
+    ``fold.json`` matches the requested settings and whose test metrics exist is not trained again, and only
+    its missing evaluations run; any other fold is trained from scratch, so an interrupted run resumes at
+    the fold it was on. ``<out>/<method>/crossval.json`` holds the mean ± std over folds
+    (:func:`sarf_bundle.metrics.aggregate_folds`, ``ddof=0``) of every metric of the three evaluations.
 
     Args:
         datalist: the datalist JSON (``training`` entries with a ``fold``, and a ``testing`` split).
@@ -186,8 +203,11 @@ def run_crossval(
     for position, k in enumerate(selected, start=1):
         print(f"[{name}] fold {k} ({position} of {len(selected)})", flush=True)
         records[k] = _run_fold(run_dir / f"fold{k}", datalist, digest, k, settings, name, runner or run_bundle)
-    metrics = [json.loads((run_dir / f"fold{k}" / "eval" / "metrics.json").read_text()) for k in selected]
-    summary = aggregate_folds(metrics)
+    summaries = {
+        evaluation: aggregate_folds([json.loads((run_dir / f"fold{k}" / folder / "metrics.json").read_text()) for k in selected])
+        for evaluation, (folder, _) in FOLD_EVALUATIONS.items()
+    }
+    summary = summaries.pop("test")
     result = {
         "name": name,
         "settings": settings,
@@ -195,12 +215,16 @@ def run_crossval(
         "datalist_sha256": digest,
         "folds": selected,
         "headline": {key: _lookup(summary, path) for key, path in HEADLINE.items()},
+        "validation_accuracy": {evaluation: validation["accuracy"] for evaluation, validation in summaries.items()},
         "metrics": summary,
-        "per_fold": {str(k): {"dir": f"fold{k}", "seconds": records[k]["seconds"]} for k in selected},
+        "validation_metrics": summaries,
+        "per_fold": {
+            str(k): {"dir": f"fold{k}", "seconds": records[k]["seconds"], "training": records[k].get("training")} for k in selected
+        },
     }
     path = run_dir / SUMMARY_FILE
     atomic_write_text(path, json.dumps(result, indent=1))
-    _print_headline(name, result["headline"], len(selected))
+    _print_headline(name, result, len(selected))
     return path
 
 
@@ -363,41 +387,63 @@ def sweep_heatmaps(
 
 
 def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: dict[str, Any], name: str, runner: Runner) -> dict:
-    """Train and test one fold unless it is finished with these settings; return its ``fold.json`` record."""
-    record_file = fold_dir / FOLD_FILE
-    previous = json.loads(record_file.read_text()) if record_file.is_file() else None
-    if previous is not None and (fold_dir / "eval" / "metrics.json").is_file():
-        changes = _changes(previous.get("settings", {}), settings)
-        if previous.get("datalist_sha256") != digest:
-            print(f"[{name}] fold {fold} was run on another version of the datalist: training it again.", flush=True)
-        elif changes:
-            described = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-            print(f"[{name}] fold {fold} was run with other settings ({described}): training it again.", flush=True)
-        else:
-            print(f"[{name}] fold {fold} is finished, skipped ({record_file}).", flush=True)
-            return previous
-    record_file.unlink(missing_ok=True)
-    for stale in ("models", "eval"):
-        shutil.rmtree(fold_dir / stale, ignore_errors=True)
+    """Train one fold unless it is finished with these settings, run its missing evaluations, return its ``fold.json`` record."""
+    record = _finished_fold(fold_dir, digest, fold, settings, name)
     bundle = {"bundle_root": str(fold_dir), "dataset_dir": str(datalist.parent), "datalist": str(datalist), "fold": fold, **settings}
-    seconds = {}
-    tick = time.time()
-    runner("training", ["train.json"], **bundle)
-    seconds["train"] = round(time.time() - tick, 1)
-    tick = time.time()
-    runner("run", ["train.json", "evaluate.json"], **bundle)
-    seconds["evaluate"] = round(time.time() - tick, 1)
-    record = {
-        "fold": fold,
-        "datalist": str(datalist),
-        "datalist_sha256": digest,
-        "settings": settings,
-        "seconds": seconds,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle_version": bundle_version(),
-    }
-    atomic_write_text(record_file, json.dumps(record, indent=1))
+    if record is None:
+        (fold_dir / FOLD_FILE).unlink(missing_ok=True)
+        for stale in ("models", "eval"):
+            shutil.rmtree(fold_dir / stale, ignore_errors=True)
+        tick = time.time()
+        runner("training", ["train.json"], **bundle)
+        seconds = round(time.time() - tick, 1)
+        record = {
+            "fold": fold,
+            "datalist": str(datalist),
+            "datalist_sha256": digest,
+            "settings": settings,
+            "seconds": {"train": seconds},
+            "training": _throughput(datalist, fold, settings, seconds),
+            "bundle_version": bundle_version(),
+        }
+    missing = {name: job for name, job in FOLD_EVALUATIONS.items() if not (fold_dir / job[0] / "metrics.json").is_file()}
+    for evaluation, (folder, overrides) in missing.items():
+        tick = time.time()
+        runner("run", ["train.json", "evaluate.json"], **bundle, output_dir=str(fold_dir / folder), **overrides)
+        record["seconds"][evaluation] = round(time.time() - tick, 1)
+    if missing or "accuracy" not in record or "training" not in record:
+        record.setdefault("training", _throughput(datalist, fold, settings, record["seconds"]["train"]))
+        record["accuracy"] = {name: json.loads((fold_dir / folder / "metrics.json").read_text())["accuracy"] for name, (folder, _) in FOLD_EVALUATIONS.items()}
+        record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(fold_dir / FOLD_FILE, json.dumps(record, indent=1))
     return record
+
+
+def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, Any], name: str) -> dict | None:
+    """The ``fold.json`` record of a fold trained and tested with these settings on this datalist, else ``None``."""
+    record_file = fold_dir / FOLD_FILE
+    if not (record_file.is_file() and (fold_dir / "eval" / "metrics.json").is_file()):
+        return None
+    previous = json.loads(record_file.read_text())
+    changes = _changes(previous.get("settings", {}), settings)
+    if previous.get("datalist_sha256") != digest:
+        print(f"[{name}] fold {fold} was run on another version of the datalist: training it again.", flush=True)
+    elif changes:
+        described = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        print(f"[{name}] fold {fold} was run with other settings ({described}): training it again.", flush=True)
+    else:
+        print(f"[{name}] fold {fold} is trained, kept ({record_file}).", flush=True)
+        return previous
+    return None
+
+
+def _throughput(datalist: Path, fold: int, settings: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Training volumes, epochs and slices per second of wall time (caching and validation included)."""
+    train = _config("train.json")
+    volumes = len(load_datalist(datalist, "training", exclude_folds=[fold]))
+    epochs = int(settings.get("epochs", train["epochs"]))
+    slices = volumes * epochs * len(settings.get("percentiles", train["percentiles"]))
+    return {"volumes": volumes, "epochs": epochs, "slices_per_second": round(slices / max(seconds, 1e-9), 1)}
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -514,7 +560,10 @@ def _draw_heatmap(values: np.ndarray, alphas: Sequence[float], betas: Sequence[f
     os.replace(tmp, path)
 
 
-def _print_headline(name: str, headline: dict, n_folds: int) -> None:
+def _print_headline(name: str, result: dict, n_folds: int) -> None:
     print(f"[{name}] test set, mean ± std over {n_folds} fold(s):", flush=True)
-    for key, stats in headline.items():
+    for key, stats in result["headline"].items():
+        print(f"  {key:30s} {stats['mean']:.4f} ± {stats['std']:.4f}", flush=True)
+    print(f"[{name}] validation folds, accuracy:", flush=True)
+    for key, stats in result["validation_accuracy"].items():
         print(f"  {key:30s} {stats['mean']:.4f} ± {stats['std']:.4f}", flush=True)

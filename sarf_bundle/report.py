@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from .experiments import FOLD_EVALUATIONS  # noqa: E402
 from .metrics import FAMILIES, aggregate_folds, classification_metrics, reliability_bins  # noqa: E402
 
 __all__ = [
@@ -71,7 +72,12 @@ _SUMMARY = [
 
 @dataclass
 class FoldRun:
-    """The test predictions of one cross-validation fold and the metrics recomputed from them."""
+    """The test predictions of one cross-validation fold and the metrics recomputed from them.
+
+    ``validation`` holds the accuracy on the fold's validation volumes per evaluation of
+    :data:`~sarf_bundle.experiments.FOLD_EVALUATIONS` that was run (stripped, whole head), and ``training`` the
+    ``training`` record of its ``fold.json`` (volumes, epochs, slices per second) with the training seconds.
+    """
 
     fold: int
     path: Path
@@ -79,6 +85,8 @@ class FoldRun:
     labels: np.ndarray
     probs: np.ndarray
     metrics: dict
+    validation: dict[str, float] = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -232,7 +240,8 @@ def load_method(root: str | Path, n_bins: int = 15) -> MethodRun:
         if not files:
             flags.append(f"fold{k}: `eval/predictions.csv` has no rows.")
             continue
-        folds.append(FoldRun(k, path, files, labels, probs, classification_metrics(probs, labels, names, n_bins)))
+        metrics = classification_metrics(probs, labels, names, n_bins)
+        folds.append(FoldRun(k, path, files, labels, probs, metrics, _validation_accuracy(fold_dir), _training(fold_dir)))
     if not folds:
         seen = ", ".join(p.name for _, p in fold_dirs)
         raise FileNotFoundError(
@@ -250,6 +259,32 @@ def load_method(root: str | Path, n_bins: int = 15) -> MethodRun:
     if len(folds) == 1:
         flags.append("only one fold: the ± std is 0 by definition.")
     return MethodRun(root.name, root, class_names, folds, aggregate_folds([f.metrics for f in folds]), flags)
+
+
+def _validation_accuracy(fold_dir: Path) -> dict[str, float]:
+    """Accuracy (argmax) on the fold's validation volumes, per validation evaluation that has predictions."""
+    accuracy = {}
+    for name, (folder, _) in FOLD_EVALUATIONS.items():
+        path = fold_dir / folder / "predictions.csv"
+        if name != "test" and path.is_file():
+            _, labels, probs, _ = read_predictions(path)
+            if len(labels):
+                accuracy[name] = float(np.mean(probs.argmax(axis=1) == labels))
+    return accuracy
+
+
+def _training(fold_dir: Path) -> dict:
+    """The fold's training record from ``fold.json`` with ``seconds`` (empty when there is none)."""
+    path = fold_dir / "fold.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return {**(record.get("training") or {}), "seconds": record.get("seconds", {}).get("train")}
+
+
+def _over_folds(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "n"}`` of per-fold numbers (std with ddof=0), as in :func:`~sarf_bundle.metrics.aggregate_folds`."""
+    return {"mean": float(np.mean(values)) if values else math.nan, "std": float(np.std(values)) if values else math.nan, "n": len(values)}
 
 
 def _format(stats: dict, digits: int) -> str:
@@ -434,8 +469,19 @@ def _overview(methods: Sequence[MethodRun], flags: list[str], command: str, n_bi
         [m.name, f"`{m.root}`", f"{len(m.folds)} ({', '.join(str(f.fold) for f in m.folds)})", ", ".join(str(len(f.files)) for f in m.folds)]
         for m in methods
     ]
-    summary = [[m.name, *(_format(_walk(m.summary, keys), _DIGITS[keys[-1]]) for _, keys in _SUMMARY)] for m in methods]
-    header = ["Method", *(name.replace("ECE", f"ECE ({n_bins} bins)") for name, _ in _SUMMARY)]
+    runs = [
+        [*row, _format(_over_folds([f.training["seconds"] / 60 for f in m.folds if f.training.get("seconds")]), 1),
+         _format(_over_folds([f.training["slices_per_second"] for f in m.folds if f.training.get("slices_per_second")]), 1)]
+        for row, m in zip(runs, methods)
+    ]
+    validation = [name for name in FOLD_EVALUATIONS if name != "test"]
+    summary = [
+        [m.name, *(_format(_over_folds([f.validation[v] for f in m.folds if v in f.validation]), 3) for v in validation),
+         *(_format(_walk(m.summary, keys), _DIGITS[keys[-1]]) for _, keys in _SUMMARY)]
+        for m in methods
+    ]
+    header = ["Method", "val. accuracy, stripped", "val. accuracy, whole head",
+              *(f"test {name}".replace("ECE", f"ECE ({n_bins} bins)") for name, _ in _SUMMARY)]
     return [
         ("h", 1, "SaRF cross-validation report"),
         ("p", "Produced by:"),
@@ -446,11 +492,15 @@ def _overview(methods: Sequence[MethodRun], flags: list[str], command: str, n_bi
               "**one-vs-rest at 0.5**, each class decided on its own by probability > 0.5, the definition that the paper's "
               "numbers fit."),
         ("h", 2, "Runs"),
-        ("table", "Folds and test volumes per method.", ["Method", "Folder", "Folds used", "Test volumes per fold"], runs),
+        ("table", "Folds and test volumes per method; training time and training slices per second of wall time (caching and "
+                  "validation included), mean ± std over folds.",
+         ["Method", "Folder", "Folds used", "Test volumes per fold", "Training (min)", "Slices/s"], runs),
         ("p", "Missing or partial folds and other warnings:"),
         ("list", flags or ["none"]),
         ("h", 2, "Summary"),
-        ("table", f"Mean ± std over folds. ECE: top-label expected calibration error, {n_bins} equal-width bins.", header, summary),
+        ("table", f"Mean ± std over folds. Validation: each fold's model on its own validation volumes, skull-stripped (the "
+                  f"training domain of the paper's protocol) and whole head; test: the held-out test split, whole head. ECE: "
+                  f"top-label expected calibration error, {n_bins} equal-width bins.", header, summary),
     ]
 
 
@@ -542,7 +592,10 @@ def write_report(
         "methods": {
             m.name: {
                 "root": str(m.root),
-                "folds": {f"fold{f.fold}": {"predictions": str(f.path), **f.metrics} for f in m.folds},
+                "folds": {
+                    f"fold{f.fold}": {"predictions": str(f.path), **f.metrics, "validation_accuracy": f.validation, "training": f.training}
+                    for f in m.folds
+                },
                 "summary": m.summary,
                 "reliability_pooled": reliability_bins(m.probs, m.labels, n_bins).to_dict(),
             }

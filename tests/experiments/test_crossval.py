@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import sarf_bundle.experiments as experiments
 from sarf_bundle import SEQUENCES
 from sarf_bundle.cli import main
 from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
-from sarf_bundle.experiments import METHODS, crossval, fold_ids, run_crossval
+from sarf_bundle.experiments import FOLD_EVALUATIONS, METHODS, crossval, fold_ids, run_crossval
 from sarf_bundle.metrics import classification_metrics
 
 TINY = dict(epochs=1, image_size=32, batch_size=4, num_workers=0)
@@ -35,7 +37,7 @@ class Recorder:
             rng = np.random.default_rng(overrides["fold"])
             probs = rng.dirichlet(np.ones(6), size=12)
             metrics = classification_metrics(probs, np.arange(12) % 6)
-            eval_dir = Path(overrides["bundle_root"]) / "eval"
+            eval_dir = Path(overrides["output_dir"])
             eval_dir.mkdir(parents=True, exist_ok=True)
             (eval_dir / "metrics.json").write_text(json.dumps(metrics))
 
@@ -53,19 +55,36 @@ def crossvalidated(simulated_dataset, tmp_path_factory):
 
 def test_every_fold_trained_validated_on_itself_and_tested(crossvalidated, simulated_dataset):
     run_dir, summary, calls = crossvalidated
-    assert [(run_id, fold) for run_id, fold, _ in calls] == [("training", 0), ("run", 0), ("training", 1), ("run", 1)]
+    assert [(run_id, fold) for run_id, fold, _ in calls] == [("training", 0), *[("run", 0)] * 3, ("training", 1), *[("run", 1)] * 3]
     for _, fold, overrides in calls:
         assert overrides["bundle_root"] == str(run_dir / f"fold{fold}")
         assert overrides["datalist"] == str(simulated_dataset.resolve())
         assert {k: overrides[k] for k in ("alpha", "beta", "base_loss", "saliency")} == METHODS["sarf-gradcam"]
-    n_test = len(json.loads(simulated_dataset.read_text())["testing"])
+    evaluations = [overrides["output_dir"] for run_id, fold, overrides in calls if run_id == "run" and fold == 0]
+    assert evaluations == [str(run_dir / "fold0" / folder) for folder in ("eval", "eval/validation_stripped", "eval/validation_whole_head")]
+    datalist = json.loads(simulated_dataset.read_text())
     for k in (0, 1):
+        fold_dir = run_dir / f"fold{k}"
         for name in FOLD_FILES:
-            assert (run_dir / f"fold{k}" / name).is_file(), name
-        assert json.loads((run_dir / f"fold{k}" / "eval" / "metrics.json").read_text())["n_volumes"] == n_test
-        record = json.loads((run_dir / f"fold{k}" / "fold.json").read_text())
+            assert (fold_dir / name).is_file(), name
+        assert json.loads((fold_dir / "eval" / "metrics.json").read_text())["n_volumes"] == len(datalist["testing"])
+        own = sorted(Path(e["image"]).name for e in datalist["training"] if e["fold"] == k)
+        stripped, whole = (_predictions(fold_dir / "eval" / f"validation_{kind}") for kind in ("stripped", "whole_head"))
+        assert sorted(stripped) == sorted(whole) == own  # the fold's own validation volumes, each once
+        assert any(stripped[f] != whole[f] for f in own)  # stripping changed what the network saw
+        record = json.loads((fold_dir / "fold.json").read_text())
         assert record["fold"] == k and record["settings"]["saliency"] == "gradcam" and record["settings"]["epochs"] == 1
-        assert set(record["seconds"]) == {"train", "evaluate"}
+        assert set(record["seconds"]) == {"train", *FOLD_EVALUATIONS} and set(record["accuracy"]) == set(FOLD_EVALUATIONS)
+        assert record["accuracy"]["validation_stripped"] == json.loads((fold_dir / "eval/validation_stripped/metrics.json").read_text())["accuracy"]
+        n_train = sum(e["fold"] != k for e in datalist["training"])
+        assert record["training"]["volumes"] == n_train and record["training"]["epochs"] == 1
+        assert record["training"]["slices_per_second"] == pytest.approx(n_train * 7 / record["seconds"]["train"], rel=0.02)
+
+
+def _predictions(folder: Path) -> dict[str, tuple[float, ...]]:
+    """File name -> probabilities of a ``predictions.csv``."""
+    with open(folder / "predictions.csv") as f:
+        return {Path(row["file"]).name: tuple(float(row[f"p_{c}"]) for c in SEQUENCES) for row in csv.DictReader(f)}
 
 
 def test_crossval_json_has_mean_and_std_over_folds(crossvalidated):
@@ -79,6 +98,9 @@ def test_crossval_json_has_mean_and_std_over_folds(crossvalidated):
     assert result["headline"]["mean_f1"]["std"] == pytest.approx(np.std(f1))
     assert result["metrics"]["n_folds"] == 2
     assert set(result["metrics"]["ovr_threshold"]) == {*SEQUENCES, "mean"}
+    stripped = [json.loads((run_dir / f"fold{k}" / "eval/validation_stripped/metrics.json").read_text())["accuracy"] for k in (0, 1)]
+    assert result["validation_accuracy"]["validation_stripped"]["mean"] == pytest.approx(np.mean(stripped))
+    assert set(result["validation_metrics"]) == {"validation_stripped", "validation_whole_head"}
 
 
 def test_rerun_skips_finished_folds(crossvalidated, simulated_dataset, monkeypatch):
@@ -109,14 +131,14 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     run = lambda recorder, **changes: run_crossval(datalist, tmp_path / "sarf", {**settings, **changes}, runner=recorder)  # noqa: E731
     first = Recorder(fake=True)
     run(first)
-    assert [fold for _, fold, _ in first.calls] == [0, 0, 1, 1]
+    assert [fold for _, fold, _ in first.calls] == [0] * 4 + [1] * 4
     unchanged = Recorder(fake=True)
     default_rate = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["learning_rate"]
     run(unchanged, learning_rate=default_rate, num_workers=3)  # train.json's learning rate; num_workers does not count
     assert unchanged.calls == []
     changed = Recorder(fake=True)
     run(changed, epochs=2)
-    assert [fold for _, fold, _ in changed.calls] == [0, 0, 1, 1]
+    assert [fold for _, fold, _ in changed.calls] == [0] * 4 + [1] * 4
     assert json.loads((tmp_path / "sarf" / "fold1" / "fold.json").read_text())["settings"]["epochs"] == 2
     # an interrupted fold (no fold.json) restarts from scratch: its old checkpoints are gone
     (tmp_path / "sarf" / "fold1" / "fold.json").unlink()
@@ -125,11 +147,19 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     stale.write_bytes(b"")
     interrupted = Recorder(fake=True)
     run(interrupted, epochs=2)
-    assert [fold for _, fold, _ in interrupted.calls] == [1, 1] and not stale.exists()
+    assert [fold for _, fold, _ in interrupted.calls] == [1] * 4 and not stale.exists()
+    # a trained and tested fold that lacks an evaluation runs only that evaluation
+    shutil.rmtree(tmp_path / "sarf" / "fold0" / "eval" / "validation_whole_head")
+    evaluated = Recorder(fake=True)
+    run(evaluated, epochs=2)
+    assert [(run_id, fold, overrides["output_dir"]) for run_id, fold, overrides in evaluated.calls] == [
+        ("run", 0, str(tmp_path / "sarf" / "fold0" / "eval" / "validation_whole_head"))
+    ]
+    assert "validation_whole_head" in json.loads((tmp_path / "sarf" / "fold0" / "fold.json").read_text())["accuracy"]
     datalist.write_text(datalist.read_text().replace('"seed"', '"seed_"'))
     relabelled = Recorder(fake=True)
     run(relabelled, epochs=2)
-    assert [fold for _, fold, _ in relabelled.calls] == [0, 0, 1, 1]
+    assert [fold for _, fold, _ in relabelled.calls] == [0] * 4 + [1] * 4
 
 
 def test_fold_selection(simulated_dataset):

@@ -62,7 +62,7 @@ def test_listed_jobs_run_and_give_heat_maps(simulated_dataset, tmp_path, capsys,
         assert words[:4] == ["python", "-m", "sarf_bundle", "sweep"] and "--epochs" in words
         main(words[3:])
     capsys.readouterr()
-    assert sorted((c["alpha"], c["beta"]) for c in calls) == [(0.0, 0.5), (0.0, 0.5), (5.0, 0.5), (5.0, 0.5)]
+    assert sorted((c["alpha"], c["beta"]) for c in calls) == [(0.0, 0.5)] * 4 + [(5.0, 0.5)] * 4  # training, 3 evaluations
     folder = tmp_path / "sweep"
     for job in ("a0_b0.5", "a5_b0.5"):
         assert json.loads((folder / job / "crossval.json").read_text())["folds"] == [0]

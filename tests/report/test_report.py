@@ -18,13 +18,13 @@ from sarf_bundle.report import find_method_dirs, load_method, read_predictions, 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_fold(method_dir, fold, skill, seed, subjects=6, drop=0):
-    """A fake but realistic ``fold<k>/eval/predictions.csv``, in the format of ``ClassificationReport``."""
+def write_fold(method_dir, fold, skill, seed, subjects=6, drop=0, folder="eval"):
+    """A fake but realistic ``fold<k>/<folder>/predictions.csv``, in the format of ``ClassificationReport``."""
     rng = np.random.default_rng(seed)
     labels = np.tile(np.arange(len(SEQUENCES)), subjects)
     logits = rng.normal(size=(len(labels), len(SEQUENCES))) + 2 * skill * np.eye(len(SEQUENCES))[labels] * rng.random((len(labels), 1))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    path = method_dir / f"fold{fold}" / "eval" / "predictions.csv"
+    path = method_dir / f"fold{fold}" / folder / "predictions.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -40,6 +40,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for k in range(5):
         write_fold(root / "baseline", k, skill=1.0, seed=k)
+        write_fold(root / "baseline", k, skill=3.0, seed=40 + k, subjects=2, folder="eval/validation_stripped")
+        write_fold(root / "baseline", k, skill=0.5, seed=50 + k, subjects=2, folder="eval/validation_whole_head")
+        record = {"seconds": {"train": 600.0 + 60 * k}, "training": {"volumes": 24, "epochs": 50, "slices_per_second": 14.0 + k}}
+        (root / "baseline" / f"fold{k}" / "fold.json").write_text(json.dumps(record))
     for k in range(4):
         write_fold(root / "sarf", k, skill=2.5, seed=10 + k, drop=4 if k == 3 else 0)
     (root / "sarf" / "fold4").mkdir()
@@ -161,3 +165,20 @@ def test_malformed_predictions(tmp_path):
     path.write_text("file,label\na.nii.gz,T1\n")
     with pytest.raises(ValueError, match="must have the columns file, label and p_<class>"):
         load_method(tmp_path / "bad")
+
+
+def test_report_shows_validation_accuracy_and_training_time_per_method(written):
+    path, runs = written
+    md = path.read_text()
+    stripped, whole = (
+        [np.mean(probs.argmax(1) == labels) for _, labels, probs, _ in (read_predictions(runs / "baseline" / f"fold{k}" / "eval" / folder / "predictions.csv") for k in range(5))]
+        for folder in ("validation_stripped", "validation_whole_head")
+    )
+    assert np.mean(stripped) > np.mean(whole)  # the fixture's stripped validation is the easier one
+    summary = md[md.index("## Summary") :]
+    assert f"| baseline | {np.mean(stripped):.3f} ± {np.std(stripped):.3f} | {np.mean(whole):.3f} ± {np.std(whole):.3f} |" in summary
+    assert "| focal | n/a | n/a |" in summary
+    assert "| 12.0 ± 1.4 | 16.0 ± 1.4 |" in md  # training minutes and slices per second of the baseline's 5 folds
+    data = json.loads((path.parent / "report.json").read_text())
+    assert data["methods"]["baseline"]["folds"]["fold1"]["training"]["seconds"] == 660.0
+    assert data["methods"]["baseline"]["folds"]["fold1"]["validation_accuracy"]["validation_stripped"] == pytest.approx(stripped[1])
