@@ -10,6 +10,7 @@ vector (paper, section 3.3).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from monai.data import Dataset
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys
 
+from .files import claim
+
 __all__ = [
+    "NIFTI_SUFFIXES",
     "VOLUME_SUFFIXES",
     "InferenceDataset",
     "SliceBatch",
@@ -30,7 +34,10 @@ __all__ = [
     "volume_probabilities",
 ]
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+"""Single-file NIfTI: what the skull-stripping backends read."""
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".hdr", ".hdr.gz")
+"""Files read as volumes: NIfTI, and Analyze or NIfTI pairs by their header (``.hdr``; the ``.img`` beside it holds the data)."""
 FILE_KEYS = ("image", "brain_mask")
 
 
@@ -76,10 +83,12 @@ def load_datalist(
 def list_volumes(folder: str | Path, done: Sequence[str] = ()) -> list[dict]:
     """Every input of a folder and its subfolders: NIfTI files and DICOM series, sorted by name.
 
-    Items: ``{"image": path}`` for a NIfTI file (brain masks ``*_brainmask.nii*`` are skipped),
-    ``{"image": DicomSeries, "name": ...}`` for a DICOM series (files grouped by SeriesInstanceUID, see
-    :func:`sarf_bundle.dicom.find_dicom_series`), and ``{"image": path, "error": message}`` for a file that
-    looks like DICOM but cannot be read, so that it still gets its row. Other files are not inputs.
+    Items: ``{"image": path}`` for a NIfTI file or an Analyze/NIfTI pair's ``.hdr`` (brain masks
+    ``*_brainmask.nii*`` are skipped), ``{"image": DicomSeries, "name": ...}`` for a DICOM series (files grouped
+    by SeriesInstanceUID, see :func:`sarf_bundle.dicom.find_dicom_series`), and ``{"image": path, "error": message}``
+    for an input that cannot be read, so that it still gets its row: a file that looks like DICOM but whose header
+    cannot be read, a symbolic link whose target is missing, an ``.img`` without its ``.hdr``. Other files are not
+    inputs.
 
     Args:
         folder: the input folder.
@@ -93,14 +102,25 @@ def list_volumes(folder: str | Path, done: Sequence[str] = ()) -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Input folder {folder} does not exist.")
-    items = [
-        {"image": str(p)} for p in folder.rglob("*") if p.name.endswith(VOLUME_SUFFIXES) and "_brainmask.nii" not in p.name and p.is_file()
-    ]
+    items = [_volume_item(p) for p in folder.rglob("*") if p.name.endswith((*VOLUME_SUFFIXES, ".img", ".img.gz")) and "_brainmask." not in p.name]
+    items = [item for item in items if item is not None]
     series, unreadable = find_dicom_series(folder)
     items += [{"image": s, "name": str(folder / s.name)} for s in series]
     items += [{"image": str(path), "error": message} for path, message in unreadable]
     skip = set(done)
     return sorted((i for i in items if item_name(i) not in skip), key=item_name)
+
+
+def _volume_item(path: Path) -> dict | None:
+    """The item of a volume file, an error item for one that cannot be read, ``None`` for what is not an input."""
+    if path.is_symlink() and not path.exists():
+        return {"image": str(path), "error": f"broken symbolic link: its target {os.readlink(path)} does not exist"}
+    if not path.is_file():
+        return None
+    if path.name.endswith((".img", ".img.gz")):
+        header = path.with_name(path.name.replace(".img", ".hdr"))
+        return None if header.exists() else {"image": str(path), "error": f"Analyze image without its header {header.name}"}
+    return {"image": str(path)}
 
 
 def item_name(item: dict) -> str:
@@ -124,20 +144,30 @@ class InferenceDataset(Dataset):
     placeholder of ``placeholder_shape`` when the input failed), so good and bad items collate into
     one batch.
 
+    With a ``claims`` folder, each input is claimed (:func:`sarf_bundle.files.claim`) for the process that builds
+    the dataset before it is read; an input that another running process has claimed is not read and gets
+    ``status="skipped"``. So runs started at once on one folder share its inputs instead of each doing them all.
+
     Args:
         data: items of :func:`list_volumes` (at least ``{"image": path}``).
         transform: the preprocessing; it may add ``note`` and ``warning`` keys.
         placeholder_shape: shape of a preprocessed image, ``(n_slices, size, size)``.
+        claims: the folder of claims shared by concurrent runs (see :func:`sarf_bundle.handlers.claims_folder`), or
+            ``None`` to read every input.
     """
 
-    def __init__(self, data: Sequence[dict], transform, placeholder_shape: Sequence[int]) -> None:
+    def __init__(self, data: Sequence[dict], transform, placeholder_shape: Sequence[int], claims: str | Path | None = None) -> None:
         super().__init__(data, transform)
         self.placeholder_shape = tuple(placeholder_shape)
+        self.claims = claims
+        self.owner = os.getpid()  # DataLoader workers claim for the process that writes the rows
 
     def _transform(self, index: int) -> dict:
         source = self.data[index]
         header = getattr(source["image"], "header", None)
         row = {"filename": item_name(source), "header": json.dumps(header) if header else "", "warning": ""}
+        if self.claims is not None and not claim(self.claims, row["filename"], pid=self.owner):
+            return {"image": torch.zeros(self.placeholder_shape), **row, "status": "skipped", "message": "claimed by another run"}
         try:
             if "error" in source:
                 raise ValueError(source["error"])

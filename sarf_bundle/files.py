@@ -1,15 +1,23 @@
-"""Files: atomic writes (a temporary file in the destination folder, then a rename) and a quiet image loader.
+"""Files: atomic writes (a temporary file in the destination folder, then a rename), claims that let concurrent
+runs share a folder's work, and a quiet image loader.
 
-An interrupted run never leaves a half-written NIfTI, datalist, report or CSV behind.
+An interrupted run never leaves a half-written NIfTI, datalist, report or CSV behind, and two runs started on one
+folder classify each input once between them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
+import socket
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +25,17 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "image_loader", "write_nifti"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "claim",
+    "image_loader",
+    "locked",
+    "finish_claims",
+    "shared_run",
+    "write_nifti",
+]
 
 
 def image_loader(**kwargs) -> LoadImage:
@@ -42,9 +60,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # unique: writers may run at once
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> bytes:
@@ -85,3 +106,118 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, storage: str 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on a folder (``flock`` on the folder itself, so no lock file is left behind).
+
+    Processes that write one file of the folder (e.g. an inference CSV that concurrent runs share) read, merge and
+    write it inside this lock, so that none overwrites the rows of another.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _claim_path(folder: Path, name: str) -> Path:
+    return folder / f"{hashlib.sha1(name.encode()).hexdigest()}.claim"
+
+
+def _owner(pid: int) -> str:
+    """``host pid start`` of a process: the start time (from ``/proc``) tells a process from a later one with its pid."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{socket.gethostname()} {pid} {start}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process of an owner line still runs; one of another host counts as alive (it cannot be checked)."""
+    host, pid, start = (owner.split() + ["", "", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _owner(int(pid)).split()[2] == start and Path(f"/proc/{pid}").exists()
+
+
+_DONE = "done"
+
+
+def claim(folder: str | Path, name: str, pid: int | None = None) -> bool:
+    """Claim the work on ``name`` for the process ``pid`` (default: this one).
+
+    A claim is a file in ``folder`` created exclusively (``O_EXCL``), holding its owner. ``False`` when a running
+    process holds the claim, or when the work is done (:func:`finish_claims`). The claim of a process that no longer
+    runs on this host (a crashed run) is taken over, under :func:`locked`, so that exactly one process gets it.
+    Claims of other hosts are never taken over.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _claim_path(folder, name)
+    owner = _owner(os.getpid() if pid is None else pid)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        with locked(folder):
+            try:
+                lines = path.read_text().splitlines()
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # the folder was cleared this instant: the run that held it has finished
+                return False
+            held = bool(lines) and (lines[0] == _DONE or _alive(lines[0]))
+            if held or (not lines and age < 60):  # an empty claim is being written by its creator
+                return False
+            path.unlink()
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # under the lock: no one else takes over
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{owner}\n{name}\n")
+    return True
+
+
+def finish_claims(folder: str | Path, names: Sequence[str]) -> None:
+    """Mark the claims of finished work done, so that no concurrent run takes them up again."""
+    for name in names:
+        atomic_write_bytes(_claim_path(Path(folder), name), f"{_DONE}\n{name}\n".encode())
+
+
+@contextlib.contextmanager
+def shared_run(folder: str | Path, pid: int | None = None) -> Iterator[Path]:
+    """Take part in the work that concurrent runs share through the claims in ``folder``.
+
+    On entry, a folder left by runs that no longer run is cleared (their claims and done marks mean nothing once
+    their rows are written), and this run registers itself (a ``.run`` file). On exit, the last run to leave removes
+    the folder, so that nothing is left behind once all runs have finished.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid() if pid is None else pid
+    me = folder / f"{pid}.{os.urandom(4).hex()}.run"
+    with locked(folder):
+        if not _live_runs(folder):
+            for path in folder.iterdir():
+                path.unlink()
+        me.write_text(_owner(pid))
+    try:
+        yield folder
+    finally:
+        with locked(folder):
+            me.unlink(missing_ok=True)
+            if not _live_runs(folder):
+                for path in folder.iterdir():
+                    path.unlink()
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # the lock is on the folder's descriptor, which outlives its name
+
+
+def _live_runs(folder: Path) -> list[Path]:
+    """The registrations of runs that still run (a crashed run's ``.run`` file does not count)."""
+    live = []
+    for path in folder.glob("*.run"):
+        with contextlib.suppress(FileNotFoundError):
+            if _alive(path.read_text()):
+                live.append(path)
+    return live

@@ -6,6 +6,7 @@ interrupted run never leaves a half-written report or CSV.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from . import SEQUENCES
 from .data import VolumeOutput, volume_probabilities
 from .dicom import BIDS_NAMES, header_sequence
-from .files import atomic_write_text
+from .files import atomic_write_text, finish_claims, locked, shared_run
 from .metrics import classification_metrics
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "LossTermsLogger",
     "PredictionWriter",
     "latest_checkpoint",
+    "claims_folder",
     "merge_shards",
     "predicted_files",
     "read_prediction_csv",
@@ -182,13 +184,34 @@ class ClassificationReport:
         )
 
 
+STATUSES = ("ok", "uncertain", "error")
+"""The statuses of an inference row (:class:`PredictionWriter`)."""
+
+
 def read_prediction_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of an inference CSV (empty when the file does not exist)."""
+    """The complete rows of an inference CSV (empty when the file does not exist).
+
+    A row cut short (a CSV truncated by a crash or a full disk: fewer fields than the header, or a status that is
+    not one of :data:`STATUSES`) is left out, so that its input counts as not done and is classified again.
+    """
+    return _read_rows(path)[0]
+
+
+def _read_rows(path: str | Path) -> tuple[list[dict[str, str]], int]:
+    """The complete rows of an inference CSV and the number of incomplete ones."""
     path = Path(path)
     if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [], 0
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    complete = [r for r in rows if None not in r and None not in r.values() and r.get("status") in STATUSES]
+    return complete, len(rows) - len(complete)
+
+
+def claims_folder(output_csv: str | Path) -> Path:
+    """The folder of the claims that concurrent runs writing ``output_csv`` share (:func:`sarf_bundle.files.claim`)."""
+    output_csv = Path(output_csv)
+    return output_csv.with_name(f".{output_csv.name}.claims")
 
 
 def shard_csv(output_csv: str | Path, rank: int) -> Path:
@@ -218,24 +241,24 @@ def merge_shards(output_csv: str | Path) -> Path:
         The path of the merged CSV.
     """
     output_csv = Path(output_csv)
-    parts = _shards(output_csv)
-    columns: list[str] = []
-    rows: dict[str, dict[str, str]] = {}
-    for path in [output_csv, *parts]:
-        if path.is_file():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                columns = columns or list(reader.fieldnames or [])
-                rows.update((row["file"], row) for row in reader)
-    if columns:
-        _write_csv(output_csv, columns, [rows[name] for name in sorted(rows)])
-    for path in parts:
-        path.unlink()
+    with locked(output_csv.parent):
+        parts = _shards(output_csv)
+        columns: list[str] = []
+        rows: dict[str, dict[str, str]] = {}
+        for path in [output_csv, *parts]:
+            if path.is_file():
+                with path.open(newline="", encoding="utf-8") as f:
+                    columns = columns or list(csv.DictReader(f).fieldnames or [])
+                rows.update((row["file"], row) for row in read_prediction_csv(path))
+        if columns:
+            _write_csv(output_csv, columns, [rows[name] for name in sorted(rows)])
+        for path in parts:
+            path.unlink()
     return output_csv
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    table = io.StringIO()
+    table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(columns), restval="")
     writer.writeheader()
     writer.writerows(rows)
@@ -253,7 +276,15 @@ class PredictionWriter:
     is the BIDS suffix the predicted sequence suggests; ``header_sequence`` is what a DICOM series'
     header suggests (:func:`sarf_bundle.dicom.header_sequence`), and ``header_agrees`` ``yes``/``no``
     (empty when there is no header or it cannot tell). Rows already in the CSV (from an interrupted run)
-    are kept, so a restarted run only adds the missing inputs.
+    are kept, so a restarted run only adds the missing inputs; rows that a crash cut short are dropped, and their
+    inputs classified again.
+
+    Several runs may write one CSV at once: each reads, merges and writes it under a lock on its folder
+    (:func:`sarf_bundle.files.locked`), so no run overwrites the rows of another. With ``claims`` (the folder the
+    dataset claims its inputs in, :class:`sarf_bundle.data.InferenceDataset`), inputs that another run claimed
+    (``status`` ``skipped``) get no row from this run, and the claims of written rows are marked done
+    (:func:`sarf_bundle.files.shared_run` removes the folder when the last run finishes).
+    A folder the CSV cannot be written to stops the run before any input is classified.
 
     Args:
         output_csv: the CSV file.
@@ -263,6 +294,10 @@ class PredictionWriter:
         temperature: divides the slice logits before the softmax (:mod:`sarf_bundle.calibration`).
         progress: show a progress bar over the inputs; at the end, one line logs the count of each status and the
             CSV's path either way.
+        claims: the claims folder shared with the dataset (:func:`claims_folder`), or ``None``.
+
+    Raises:
+        OSError: at the start, when the CSV cannot be written (e.g. a read-only folder), naming the file and why.
     """
 
     def __init__(
@@ -273,8 +308,10 @@ class PredictionWriter:
         confidence_threshold: float = 0.0,
         temperature: float = 1.0,
         progress: bool = True,
+        claims: str | Path | None = None,
     ) -> None:
         self.output_csv = Path(output_csv)
+        self.claims = None if claims is None else Path(claims)
         self.n_slices = n_slices
         self.class_names = list(class_names)
         self.confidence_threshold = confidence_threshold
@@ -284,9 +321,11 @@ class PredictionWriter:
             "bids_name", "header_sequence", "header_agrees",
         ]  # fmt: skip
         self.progress = progress
-        self._rows: list[dict[str, str]] = []
         self._resumed = 0
+        self._written = 0
+        self._skipped = 0
         self._bar: tqdm | None = None
+        self._run = contextlib.ExitStack()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._load)
@@ -295,8 +334,22 @@ class PredictionWriter:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
     def _load(self, engine: Engine) -> None:
-        self._rows = read_prediction_csv(self.output_csv)
-        self._resumed = len(self._rows)
+        """Check that the CSV can be written (rewriting it without rows cut short) before anything is classified."""
+        try:
+            self.output_csv.parent.mkdir(parents=True, exist_ok=True)
+            with locked(self.output_csv.parent):
+                rows, incomplete = _read_rows(self.output_csv)
+                _write_csv(self.output_csv, self.columns, rows)
+        except OSError as error:
+            raise type(error)(
+                f"Cannot write the predictions to {self.output_csv}: {error.strerror or error}. Choose a folder you can "
+                "write to (--output_dir)."
+            ) from error
+        if incomplete:
+            logger.warning(f"{self.output_csv}: {incomplete} row(s) cut short (an interrupted write?) were dropped; their inputs are classified again.")
+        self._resumed, self._written, self._skipped = len(rows), 0, 0
+        if self.claims is not None:
+            self._run.enter_context(shared_run(self.claims))
         dataset = getattr(engine.state.dataloader, "dataset", None)
         total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
         self._bar = tqdm(total=total, desc="classifying", unit="input", disable=not self.progress)
@@ -307,27 +360,41 @@ class PredictionWriter:
         raise error
 
     def _close_bar(self) -> None:
+        self._run.close()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
     def _summarize(self, engine: Engine) -> None:
         self._close_bar()
-        counts = Counter(r["status"] for r in self._rows)
-        again = f" ({self._resumed} from an earlier run)" if self._resumed else ""
-        statuses = ", ".join(f"{counts[s]} {s}" for s in ("ok", "uncertain", "error") if counts[s])
-        logger.info(f"{len(self._rows)} inputs{again}: {statuses or 'none'}. Predictions: {self.output_csv}")
+        rows = read_prediction_csv(self.output_csv)
+        counts = Counter(r["status"] for r in rows)
+        sources = [f"{self._written} classified now", f"{self._resumed} from an earlier run" if self._resumed else ""]
+        others = len(rows) - self._written - self._resumed
+        sources += [f"{others} by another run" if others else "", f"{self._skipped} left to another run" if self._skipped else ""]
+        statuses = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+        logger.info(f"{len(rows)} inputs ({', '.join(x for x in sources if x)}): {statuses or 'none'}. Predictions: {self.output_csv}")
 
     def _append(self, engine: Engine) -> None:
         probs = volume_probabilities(engine.state.output["pred"] / self.temperature, self.n_slices).cpu().numpy()
         batch = engine.state.batch
         names = _filenames(batch, len(probs))
         column = lambda key, default="": batch.get(key, [default] * len(probs))  # noqa: E731
-        for name, p, status, message, warning, header in zip(
-            names, probs, column("status", "ok"), column("message"), column("warning"), column("header")
-        ):
-            self._rows.append(self._row(name, p, status, message, warning, header))
-        _write_csv(self.output_csv, self.columns, self._rows)
+        rows = [
+            self._row(name, p, status, message, warning, header)
+            for name, p, status, message, warning, header in zip(
+                names, probs, column("status", "ok"), column("message"), column("warning"), column("header")
+            )
+            if status != "skipped"
+        ]
+        self._skipped += len(probs) - len(rows)
+        with locked(self.output_csv.parent):
+            merged = {r["file"]: r for r in read_prediction_csv(self.output_csv)}
+            merged.update((r["file"], r) for r in rows)
+            _write_csv(self.output_csv, self.columns, list(merged.values()))
+        self._written += len(rows)
+        if self.claims is not None:
+            finish_claims(self.claims, [r["file"] for r in rows])
         if self._bar is not None:
             self._bar.update(len(probs))
 

@@ -17,20 +17,34 @@ The 4D rule (a DWI with several b-values, a multi-echo or a time series):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader
+from nibabel.openers import ImageOpener
 from monai.transforms import MapTransform, Transform
 
 from .dicom import DicomSeries, read_series
 from .files import image_loader
 from .transforms import foreground_mask
 
-__all__ = ["CheckVolume", "CheckVolumed", "LoadVolume", "LoadVolumed", "VolumeError", "bvals_of"]
+__all__ = [
+    "CheckVolume",
+    "CheckVolumed",
+    "Float32NibabelReader",
+    "LoadVolume",
+    "LoadVolumed",
+    "VolumeError",
+    "bvals_of",
+    "check_header",
+    "orientation_problem",
+    "read_float32",
+]
 
 
 class VolumeError(ValueError):
@@ -54,6 +68,109 @@ def bvals_of(path: str | Path) -> list[float] | None:
         raise VolumeError(f"b-value sidecar {sidecar.name} is not a list of numbers ({error})") from error
 
 
+GZIP_MAX_RATIO = 1032
+"""Deflate, the method of gzip, compresses at most about 1032 to 1: a file cannot hold more data than that."""
+
+
+def check_header(path: str | Path) -> None:
+    """Refuse a NIfTI or Analyze file whose header cannot be right, before its voxels are read.
+
+    Two checks on the header alone:
+
+    - the data it declares must fit in the file: a header that declares 30000^3 voxels over a file of 1 kB would
+      otherwise make the reader allocate them and fail with a bare ``MemoryError``. Uncompressed data must fit in
+      the data file after the header's offset; compressed (``.gz``) data cannot exceed :data:`GZIP_MAX_RATIO` times
+      the file's size;
+    - its affine (sform, else qform) must give an orientation (:func:`orientation_problem`). This is checked here,
+      on the header as stored, because MONAI's reader replaces a broken sform by one made from the voxel sizes.
+
+    Raises:
+        VolumeError: naming the declared shape, data type and size and the file's size; or the broken affine.
+    """
+    image = nib.load(str(path))  # reads the header only
+    data_file = Path(image.file_map["image"].filename)
+    size = data_file.stat().st_size
+    shape, dtype = tuple(int(n) for n in image.shape), image.header.get_data_dtype()
+    declared = math.prod(shape) * dtype.itemsize
+    offset = int(image.header.get("vox_offset", 0)) if data_file == Path(path) else 0
+    compressed = data_file.name.endswith(".gz")
+    room = size * GZIP_MAX_RATIO if compressed else size - offset
+    if declared > room:
+        holds = f"{_bytes(size)} compressed, at most {_bytes(room)} of data" if compressed else f"{_bytes(max(room, 0))} of data"
+        raise VolumeError(
+            f"the header declares {' x '.join(map(str, shape))} voxels of {dtype} ({_bytes(declared)}), but {data_file.name} "
+            f"holds {holds}: the file is truncated or its header is wrong"
+        )
+    problem = orientation_problem(image.affine)
+    if problem:
+        raise VolumeError(problem)
+
+
+def orientation_problem(affine: np.ndarray) -> str:
+    """Why a voxel-to-world affine gives no orientation (voxel axes that are not independent), or ``""``."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if np.isfinite(matrix).all() and abs(np.linalg.det(matrix)) >= 1e-3 * float(np.prod(spacing)) > 0:
+        return ""
+    rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in matrix)
+    return f"the voxel axes of the affine ({rows}) are not independent: the header (sform/qform) gives no valid orientation"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def read_float32(image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """The voxels of a nibabel image as one C-ordered float32 array, read plane by plane from its file.
+
+    NIfTI and Analyze files store the voxels Fortran-ordered. Reading them whole and then converting (the scaled
+    array is float64 for an integer file with ``scl_slope``, and MONAI makes tensors C-contiguous) holds two to four
+    copies of the volume at once; reading each stored plane into its place in the float32 result holds one copy and
+    one plane. ``scl_slope``/``scl_inter`` are applied in place. Other layouts (an image not backed by a file) are
+    converted whole.
+
+    Raises:
+        VolumeError: when the file ends before the data its header declares (an uncompressed file; a compressed one
+            raises ``EOFError`` from gzip).
+    """
+    proxy = image.dataobj
+    if not nib.is_proxy(proxy) or getattr(proxy, "order", "F") != "F" or proxy.dtype.kind not in "iuf" or len(proxy.shape) < 2:
+        return np.asarray(np.asanyarray(proxy), dtype=np.float32)
+    shape = tuple(proxy.shape)
+    out = np.empty(shape, np.float32)
+    n_planes = math.prod(shape[2:])
+    plane_bytes = shape[0] * shape[1] * proxy.dtype.itemsize
+    with ImageOpener(proxy.file_like) as f:
+        f.seek(proxy.offset)
+        for k in range(n_planes):
+            raw = f.read(plane_bytes)
+            if len(raw) < plane_bytes:
+                raise VolumeError(f"the file ends after {k} of the {n_planes} planes its header declares: it is truncated")
+            where = np.unravel_index(k, shape[2:], order="F")  # stored order: z fastest, then t
+            out[(slice(None), slice(None), *where)] = np.frombuffer(raw, proxy.dtype).reshape(shape[1], shape[0]).T
+    if proxy.slope != 1:
+        out *= np.float32(proxy.slope)
+    if proxy.inter != 0:
+        out += np.float32(proxy.inter)
+    return out
+
+
+class Float32NibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that reads the voxels with :func:`read_float32`: one float32 copy of the volume.
+
+    A 1024 x 1024 x 400 volume (1.6 GB as float32) costs about 1.6 GB here, where ``NibabelReader`` and
+    ``LoadImage`` hold two (float32 files) to four (scaled integer files) such copies at their peak; see
+    ``benchmarks/large_volume_memory.py``.
+    """
+
+    def _get_array_data(self, img, filename):  # noqa: D102 - the one step that differs from NibabelReader
+        return read_float32(img)
+
+
 class LoadVolume(Transform):
     """Read a NIfTI file or a DICOM series as one volume ``(1, X, Y, Z)``, applying the 4D rule (module notes).
 
@@ -62,18 +179,20 @@ class LoadVolume(Transform):
     ``meta["sarf_note"]`` says how a 4D input was reduced ("" otherwise).
 
     Raises:
-        VolumeError: a NIfTI with more than 4 dimensions, or a ``.bval`` sidecar that does not match it.
+        VolumeError: a NIfTI with more than 4 dimensions, a header that declares more data than the file holds
+            (:func:`check_header`), an affine without orientation, or a ``.bval`` sidecar that does not match it.
     """
 
     def __init__(self) -> None:
         self.nifti = image_loader(image_only=True, ensure_channel_first=True, dtype=np.float32)
-        self.nibabel = NibabelReader()  # the one reader tried: a corrupt file gives nibabel's error, not one per reader
+        self.nibabel = Float32NibabelReader()  # the one reader tried: a corrupt file gives nibabel's error, not one per reader
 
     def __call__(self, source: str | Path | DicomSeries) -> MetaTensor:
         if isinstance(source, DicomSeries):
             image = read_series(source)
             image.meta["sarf_note"] = source.note
             return image
+        check_header(source)
         image = self.nifti(str(source), reader=self.nibabel)
         note = ""
         if image.ndim > 4:
@@ -118,7 +237,8 @@ class CheckVolume(Transform):
     """Refuse a volume ``(1, X, Y, Z)`` that cannot be classified, and say when it does not look like a head.
 
     Errors (:class:`VolumeError`): a 2D image (a spatial size of 1), NaN or infinite values, a constant
-    image (e.g. all zero), a voxel spacing outside ``spacing_mm`` (a broken header), fewer than
+    image (e.g. all zero), a voxel spacing outside ``spacing_mm`` (a broken header), a singular affine (voxel axes
+    that are not independent, so no orientation), fewer than
     ``min_slices`` slices along the axis closest to cranio-caudal. The warning (returned, not raised): the
     foreground (Otsu, on a coarse copy) spans more than ``max_head_mm`` in either axial direction.
 
@@ -154,6 +274,8 @@ class CheckVolume(Transform):
                 f"voxel spacing {tuple(round(float(s), 3) for s in spacing)} mm is outside {self.spacing_mm[0]:g}-{self.spacing_mm[1]:g} mm "
                 "(a broken header?)"
             )
+        if orientation_problem(affine):
+            raise VolumeError(orientation_problem(affine))
         axial_axes = [int(a) for a in np.argsort(np.abs(affine[2, :3] / spacing))[:2]]
         cranio_caudal = 3 - sum(axial_axes)
         if shape[cranio_caudal] < self.min_slices:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import VOLUME_SUFFIXES, load_datalist
+from .data import NIFTI_SUFFIXES, load_datalist
 from .files import atomic_write_text, write_nifti
 
 __all__ = [
@@ -244,8 +244,8 @@ def _check_image(image: Path) -> None:
     """Check that ``image`` is a readable 3D NIfTI file; errors name the file and the problem."""
     if not image.is_file():
         raise FileNotFoundError(f"Image {image} does not exist.")
-    if not image.name.endswith(VOLUME_SUFFIXES):
-        raise ValueError(f"Skull stripping reads NIfTI files ({', '.join(VOLUME_SUFFIXES)}); got {image}.")
+    if not image.name.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"Skull stripping reads NIfTI files ({', '.join(NIFTI_SUFFIXES)}); got {image}.")
     try:
         shape = nib.load(image).shape
     except Exception as error:

@@ -8,7 +8,7 @@ locates or scales the slices is measured on the whole head or on tissue that is 
 is an array transform with a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
 
     BrainMaskd("image", mask_key="brain_mask", backend="hd-bet")     # training and validation only: mask file
-    LoadVolumed(["image", "brain_mask"]), Orientationd(["image", "brain_mask"], axcodes="RAS")
+    LoadVolumed(["image", "brain_mask"]), OrientationInPlaced(["image", "brain_mask"], axcodes="RAS")
     CropCranioCaudald(["image", "brain_mask"], source_key="image")  # 140 mm below the top of the head
     SelectPercentileSlicesd(["image", "brain_mask"], source_key="image")  # (7, 96, 96): levels and centre of the whole head
     (RandSkull)SkullStripd("image", mask_key="brain_mask")           # training and validation only, on the slices
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, MaskIntensity, RandomizableTransform, SpatialCrop, Transform
+from monai.transforms import MapTransform, MaskIntensity, Orientation, RandomizableTransform, SpatialCrop, Transform
 from monai.utils import MetaKeys, convert_to_tensor, ensure_tuple_rep
 
 from .skullstrip import SKULL_STRIP_BACKENDS, SkullStripper
@@ -48,6 +48,8 @@ __all__ = [
     "CropCranioCaudald",
     "NormalizeCentral",
     "NormalizeCentrald",
+    "OrientationInPlace",
+    "OrientationInPlaced",
     "RandSkullStripd",
     "SelectPercentileSlices",
     "SelectPercentileSlicesd",
@@ -127,7 +129,7 @@ def foreground_mask(img: torch.Tensor, threshold: float | Literal["otsu"] = "ots
         >>> foreground_mask(torch.tensor([[0.0, 0.0, 0.0, -1.5, 2.0, 1.0]])).tolist()
         [False, False, False, True, True, True]
     """
-    values = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
+    values = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img, dtype=torch.float32)  # a view: no copy
     background, cutoff = _foreground_rule(values, threshold)
     above = values > cutoff if background is None else (values - background).abs_() > cutoff
     return above[0] if above.shape[0] == 1 else above.any(0)
@@ -249,6 +251,51 @@ def _check_volume(img: object, transform: str) -> None:
         raise ValueError(
             f"{transform} expects a RAS-oriented volume, got {axcodes}: apply Orientation(axcodes='RAS') first"
         )
+
+
+class OrientationInPlace(Orientation):
+    """MONAI's ``Orientation`` that flips axes in place, so that reorienting never holds a second copy of the volume.
+
+    ``Orientation`` flips with ``torch.flip``, which copies: for a 1.6 GB volume stored LPS, reorienting it to RAS
+    costs another 1.6 GB. Here the flips are done first, slab by slab, in the input's own memory (its affine
+    updated to match), and what is left for ``Orientation`` is the permutation of axes, a view. The result and
+    its affine equal ``Orientation``'s. The input tensor is changed: use it on a volume that nothing else holds,
+    such as one just read (inference), not on cached data.
+    """
+
+    def __call__(self, data_array: torch.Tensor, lazy: bool | None = None) -> torch.Tensor:
+        if isinstance(data_array, MetaTensor) and not (self.lazy if lazy is None else lazy) and not self.as_closest_canonical:
+            affine = data_array.affine.numpy().astype(float)
+            spatial = len(data_array.shape) - 1
+            ornt = nib.orientations.ornt_transform(
+                nib.io_orientation(affine), nib.orientations.axcodes2ornt(self.axcodes[:spatial], labels=self.labels)
+            )
+            values = data_array.as_tensor()  # plain tensor ops on the same storage
+            for axis in (int(a) for a, (_, flip) in enumerate(ornt) if flip == -1):
+                n = values.shape[axis + 1]
+                for i in range(n // 2):
+                    low, high = values.select(axis + 1, i), values.select(axis + 1, n - 1 - i)
+                    kept = low.clone()
+                    low.copy_(high)
+                    high.copy_(kept)
+                affine[:3, 3] += affine[:3, axis] * (n - 1)
+                affine[:3, axis] *= -1
+            data_array.affine = torch.as_tensor(affine, dtype=data_array.affine.dtype)
+        return super().__call__(data_array, lazy=lazy)
+
+
+class OrientationInPlaced(MapTransform):
+    """Dictionary twin of :class:`OrientationInPlace` (arguments as MONAI's ``Orientationd``)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.orientation = OrientationInPlace(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.orientation(d[key])
+        return d
 
 
 class CropCranioCaudal(Transform):

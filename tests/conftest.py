@@ -1,10 +1,12 @@
-"""Shared fixtures: a small simulated dataset, generated once per test session; zennit and Quantus."""
+"""Shared fixtures: a small simulated dataset, generated once per test session; zennit and Quantus; Colin27."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -59,3 +61,37 @@ def zennit() -> ModuleType:
 def quantus() -> ModuleType:
     """The Quantus package (reference ROAD implementation)."""
     return _import_past_torchvision("quantus")
+
+
+REQUIRE_MRICRON = "SARF_REQUIRE_MRICRON"
+"""Set to ``1`` (as ``.ci/run`` does) to make the tests that need Debian's ``mricron-data`` fail without it, not skip."""
+COLIN27_FILES = ("ch2.nii.gz", "ch2bet.nii.gz", "ch2better.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def mricron_installed() -> bool:
+    """Whether Debian's ``mricron-data`` has put Colin27 (:data:`COLIN27_FILES`) where the bundle looks for it.
+
+    Where ``SARF_REQUIRE_MRICRON=1``, a missing file fails every test that uses this fixture (or
+    :func:`mricron_templates`) instead of letting it skip or run without Colin27.
+    """
+    from sarf_bundle.demo import COLIN27
+
+    missing = [str(COLIN27 / name) for name in COLIN27_FILES if not (COLIN27 / name).is_file()]
+    if missing and os.environ.get(REQUIRE_MRICRON) == "1":
+        absent = f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} absent"
+        pytest.fail(f"{REQUIRE_MRICRON}=1, but {absent}: install Debian's mricron-data (apt-get install mricron-data)", pytrace=False)
+    return not missing
+
+
+@pytest.fixture(scope="session")
+def mricron_templates(mricron_installed) -> Path:
+    """The folder of Colin27 (``ch2``, ``ch2bet``, ``ch2better``); the test skips without it (fails with ``SARF_REQUIRE_MRICRON=1``)."""
+    from sarf_bundle.demo import COLIN27
+
+    if not mricron_installed:
+        pytest.skip(
+            f"Colin27 ({', '.join(COLIN27_FILES)}) is absent from {COLIN27}: install Debian's mricron-data "
+            f"(apt-get install mricron-data); set {REQUIRE_MRICRON}=1 to make this a failure"
+        )
+    return COLIN27

@@ -6,11 +6,13 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, bundle_version, checkpoint_settings, load_inference_bundle, run_bundle
@@ -31,9 +33,17 @@ ONNX_CONVERTER = {  # as in the README's onnx_export command
 
 @pytest.fixture(scope="module")
 def trained(simulated_dataset, tmp_path_factory):
-    """A bundle root trained for 2 epochs through configs/train.json."""
+    """A bundle root trained for 2 epochs through configs/train.json; a copy of each epoch's weights in ``epochs/<k>.pt``."""
     root = tmp_path_factory.mktemp("bundle")
-    run_bundle("training", ["train.json"], bundle_root=str(root), dataset_dir=str(simulated_dataset.parent), epochs=2, **SMALL)
+    keep_epochs = tmp_path_factory.mktemp("overlay") / "keep_epochs.json"
+    keep_epochs.write_text(json.dumps({"+initialize": [
+        "$os.makedirs(@bundle_root + '/epochs', exist_ok=True)",
+        (
+            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED, "
+            "lambda engine, net=@network, folder=@bundle_root: torch.save(net.state_dict(), f'{folder}/epochs/{engine.state.epoch}.pt'))"
+        ),
+    ]}))  # fmt: skip
+    run_bundle("training", ["train.json", str(keep_epochs)], bundle_root=str(root), dataset_dir=str(simulated_dataset.parent), epochs=2, **SMALL)
     return root, simulated_dataset
 
 
@@ -47,6 +57,31 @@ def test_training_writes_best_and_latest_checkpoints(trained):
     assert state["preprocessing"]["image_size"] == SMALL["image_size"] and state["preprocessing"]["class_names"] == list(SEQUENCES)
     assert checkpoint_settings(root / "models" / "model.pt")["image_size"] == SMALL["image_size"]
     assert (root / "eval" / "tensorboard").is_dir()
+
+
+def validation_losses(log_dir: Path) -> dict[int, float]:
+    """The ``val_loss`` that TensorBoard logged for each epoch."""
+    losses = {}
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events)).Reload()
+        if "val_loss" in accumulator.Tags()["scalars"]:
+            losses.update((e.step, e.value) for e in accumulator.Scalars("val_loss"))
+    return losses
+
+
+def test_the_kept_model_is_the_epoch_of_lowest_validation_loss(trained):
+    root, _ = trained
+    losses = validation_losses(root / "eval" / "tensorboard")
+    assert sorted(losses) == [1, 2]
+    best_epoch = min(losses, key=losses.get)
+    best = torch.load(root / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)["best"]
+    assert best["best_metric_epoch"] == best_epoch and best["best_metric"] == pytest.approx(losses[best_epoch], rel=1e-6)
+    kept = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    epochs = {k: torch.load(root / "epochs" / f"{k}.pt", weights_only=True) for k in (1, 2)}
+    assert any(not torch.equal(epochs[1][n], epochs[2][n]) for n in kept)  # the two epochs can be told apart
+    assert list(kept) == list(epochs[best_epoch])
+    for name, value in kept.items():
+        assert torch.equal(value, epochs[best_epoch][name]), name
 
 
 def test_training_resumes_from_latest_checkpoint(trained, tmp_path):
@@ -99,7 +134,8 @@ def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path, 
     run_bundle("run", ["inference.json"], **overrides)
     printed = capsys.readouterr()
     assert re.search(r"classifying: 100%.*\b6/6 ", printed.err)  # one bar over the 6 inputs, not the 3 batches
-    assert re.search(rf"6 inputs: (\d ok, )?(\d uncertain, )?1 error\. Predictions: {re.escape(str(out_csv))}", printed.out)
+    summary = rf"6 inputs \(6 classified now\): (\d ok, )?(\d uncertain, )?1 error\. Predictions: {re.escape(str(out_csv))}"
+    assert re.search(summary, printed.out), printed.out[-3000:]
     assert "unable to load" not in printed.out + printed.err and "NvImgCodec" not in printed.out + printed.err
     with open(out_csv) as f:
         reader = csv.DictReader(f)
@@ -107,16 +143,36 @@ def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path, 
     assert reader.fieldnames == [
         "file", "sequence", *[f"p_{c}" for c in SEQUENCES], "confidence", "status", "message", "bids_name", "header_sequence", "header_agrees"
     ]  # fmt: skip
-    assert sorted(r["file"].split("/")[-1] for r in rows) == sorted([e["image"] for e in entries] + ["broken.nii.gz"])
-    broken = next(r for r in rows if r["file"].endswith("broken.nii.gz"))
-    assert broken["status"] == "error" and broken["message"] and broken["sequence"] == ""
-    for row in rows:
-        if row["status"] != "error":
-            probs = [float(row[f"p_{c}"]) for c in SEQUENCES]
-            assert abs(sum(probs) - 1) < 1e-4 and row["sequence"] == SEQUENCES[probs.index(max(probs))]
+    by_name = {r["file"].split("/")[-1]: r for r in rows}
+    assert sorted(by_name) == sorted([e["image"] for e in entries] + ["broken.nii.gz"]) and len(rows) == 6
+    broken = by_name.pop("broken.nii.gz")
+    assert broken["status"] == "error" and broken["sequence"] == "" and not any(broken[f"p_{c}"] for c in SEQUENCES)
+    assert broken["message"].startswith("ImageFileError: Cannot work out file type of") and "broken.nii.gz" in broken["message"]
+    for name, row in by_name.items():  # every real volume is classified
+        assert row["status"] in ("ok", "uncertain"), (name, row)
+        probs = [float(row[f"p_{c}"]) for c in SEQUENCES]
+        assert abs(sum(probs) - 1) < 1e-4 and row["sequence"] == SEQUENCES[probs.index(max(probs))], row
+        assert float(row["confidence"]) == pytest.approx(max(probs), abs=1e-6)
+        assert row["message"] == ("" if row["status"] == "ok" else f"confidence {max(probs):.2f} is below the threshold 0.5"), row
+
+    # A rerun over the complete CSV classifies nothing and leaves it byte for byte.
+    first = out_csv.read_bytes()
     run_bundle("run", ["inference.json"], **overrides)
-    with open(out_csv) as f:
-        assert len(list(csv.DictReader(f))) == len(rows), "a restarted run added rows again"
+    assert out_csv.read_bytes() == first
+    # Without one row (an interrupted run), the rerun classifies that input alone and keeps the other rows as they were.
+    lines = first.decode().splitlines(keepends=True)
+    dropped_name = min(by_name)
+    dropped = next(line for line in lines if line.startswith(str(inputs / dropped_name) + ","))
+    kept = [line for line in lines if line is not dropped]
+    out_csv.write_text("".join(kept))
+    run_bundle("run", ["inference.json"], **overrides)
+    assert re.search(r"6 inputs \(1 classified now, 5 from an earlier run\)", capsys.readouterr().out)
+    rerun = out_csv.read_bytes().decode().splitlines(keepends=True)
+    assert rerun[: len(kept)] == kept and len(rerun) == len(lines)
+    (again,) = csv.DictReader([lines[0], rerun[-1]])
+    assert again["file"] == str(inputs / dropped_name) and again["status"] == by_name[dropped_name]["status"]
+    for c in SEQUENCES:
+        assert float(again[f"p_{c}"]) == pytest.approx(float(by_name[dropped_name][f"p_{c}"]), abs=1e-5)
 
 
 def test_a_config_that_preprocesses_otherwise_than_training_is_refused(trained, tmp_path):

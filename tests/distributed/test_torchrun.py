@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle, save_checkpoint
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.networks import SaliencyResNet
@@ -71,6 +73,11 @@ def volume_folder(simulated_dataset, tmp_path_factory):
     return folder
 
 
+def classified_now(output: str) -> list[int]:
+    """The count of inputs each rank classified, from the summary line each rank that ran logs."""
+    return [int(n) for n in re.findall(r"\d+ inputs \((\d+) classified now", output)]
+
+
 def test_sharded_inference_writes_every_volume_once(volume_folder, tmp_path):
     root = tmp_path / "bundle"
     (root / "models").mkdir(parents=True)
@@ -79,27 +86,50 @@ def test_sharded_inference_writes_every_volume_once(volume_folder, tmp_path):
     files = sorted(str(p) for p in volume_folder.iterdir())
     args = ["--bundle_root", str(root), "--dataset_dir", str(volume_folder), "--image_size", "32", "--batch_size", "2", "--num_workers", "0"]
     configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "multi_gpu_inference.json")]
-    torchrun(configs, *args)
+    output = torchrun(configs, *args)
+    assert sorted(classified_now(output)) == sorted([len(files[0::2]), len(files[1::2])]), output[-6000:]  # each rank its half
 
     output_csv = root / "eval" / "sequence_predictions.csv"
     rows = read_prediction_csv(output_csv)
     assert [r["file"] for r in rows] == files  # every volume exactly once, in one CSV, sorted
     assert not list(output_csv.parent.glob("*.rank*.csv"))  # the parts were merged and removed
-    assert [r["status"] for r in rows if r["file"].endswith("corrupt.nii.gz")] == ["error"]
+    for row in rows:
+        if row["file"].endswith("corrupt.nii.gz"):
+            assert row["status"] == "error" and row["sequence"] == "" and not any(row[f"p_{c}"] for c in SEQUENCES)
+            assert row["message"].startswith("ImageFileError: Cannot work out file type of"), row
+        else:  # every real volume is classified
+            assert row["status"] in ("ok", "uncertain"), row
+            probs = [float(row[f"p_{c}"]) for c in SEQUENCES]
+            assert abs(sum(probs) - 1) < 1e-4 and row["sequence"] == SEQUENCES[probs.index(max(probs))], row
 
     single = tmp_path / "single.csv"
     run_bundle("run", ["inference.json"], bundle_root=str(root), dataset_dir=str(volume_folder), output_csv=str(single), image_size=32, num_workers=0)
     expected = {r["file"]: r for r in read_prediction_csv(single)}
+    assert sorted(expected) == files
     for row in rows:
         assert row["status"] == expected[row["file"]]["status"] and row["sequence"] == expected[row["file"]]["sequence"]
-        for key in (k for k in row if k.startswith("p_") and row[k]):
-            assert float(row[key]) == pytest.approx(float(expected[row["file"]][key]), abs=1e-5)
+        assert row["message"] == expected[row["file"]]["message"]
+        for c in SEQUENCES:
+            assert (row[f"p_{c}"] == "") == (expected[row["file"]][f"p_{c}"] == "")
+            if row[f"p_{c}"]:
+                assert float(row[f"p_{c}"]) == pytest.approx(float(expected[row["file"]][f"p_{c}"]), abs=1e-5)
 
-    before = output_csv.read_text()
-    torchrun(configs, *args)  # a rerun finds every file done: both shards are empty, the CSV stays
-    assert output_csv.read_text() == before
-    with output_csv.open(newline="") as f:
-        assert len(list(csv.DictReader(f))) == len(files)
+    before = output_csv.read_bytes()
+    output = torchrun(configs, *args)  # a rerun finds every file done: both shards are empty, the CSV stays
+    assert classified_now(output) == [] and output_csv.read_bytes() == before
+    # Without one row (an interrupted run), a rerun classifies that input alone and keeps every other row as it was.
+    lines = before.decode().splitlines(keepends=True)
+    target = next(r for r in rows if r["status"] != "error")
+    dropped = next(i for i, line in enumerate(lines) if line.startswith(target["file"] + ","))
+    output_csv.write_bytes("".join(lines[:dropped] + lines[dropped + 1 :]).encode())
+    output = torchrun(configs, *args)
+    assert classified_now(output) == [1], output[-6000:]
+    after = output_csv.read_bytes().decode().splitlines(keepends=True)
+    assert after[:dropped] + after[dropped + 1 :] == lines[:dropped] + lines[dropped + 1 :]
+    (again,) = csv.DictReader([lines[0], after[dropped]])
+    assert again["file"] == target["file"] and again["status"] == target["status"]
+    for c in SEQUENCES:
+        assert float(again[f"p_{c}"]) == pytest.approx(float(target[f"p_{c}"]), abs=1e-5)
 
 
 def test_merge_keeps_rows_of_earlier_runs(tmp_path):

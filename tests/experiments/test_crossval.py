@@ -13,8 +13,9 @@ from monai.bundle import ConfigParser
 
 import sarf_bundle.experiments as experiments
 from sarf_bundle import SEQUENCES
-from sarf_bundle.cli import main
 from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
+from sarf_bundle.cli import main
+from sarf_bundle.data import load_datalist
 from sarf_bundle.experiments import FOLD_EVALUATIONS, METHODS, crossval, fold_ids, run_crossval
 from sarf_bundle.metrics import classification_metrics
 
@@ -160,6 +161,27 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     relabelled = Recorder(fake=True)
     run(relabelled, epochs=2)
     assert [fold for _, fold, _ in relabelled.calls] == [0] * 4 + [1] * 4
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_folds_validation_subjects_are_left_out_of_its_training(simulated_dataset, fold):
+    """configs/train.json trains on the other folds and validates on fold ``fold``: no subject in both, none left out."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(simulated_dataset.parent), "fold": fold})
+    train, validation = parser.get_parsed_content("train#dataset#data"), parser.get_parsed_content("validate#dataset#data")
+    entries = json.loads(simulated_dataset.read_text())
+    pool = {str(simulated_dataset.parent / e["image"]): e for e in entries["training"]}
+    train_files, validation_files = [e["image"] for e in train], [e["image"] for e in validation]
+    assert validation_files and train_files
+    assert len(set(train_files)) == len(train_files) and len(set(validation_files)) == len(validation_files)
+    assert {pool[f]["fold"] for f in validation_files} == {fold} and fold not in {pool[f]["fold"] for f in train_files}
+    assert not {e["subject"] for e in train} & {e["subject"] for e in validation}  # no subject on both sides
+    assert not set(train_files) & set(validation_files)
+    assert set(train_files) | set(validation_files) == set(pool)  # together they cover every training fold
+    assert not {str(simulated_dataset.parent / e["image"]) for e in entries["testing"]} & set(pool)
+    assert [e["image"] for e in load_datalist(simulated_dataset, "training", folds=[fold])] == validation_files
+    assert [e["image"] for e in load_datalist(simulated_dataset, "training", exclude_folds=[fold])] == train_files
 
 
 def test_fold_selection(simulated_dataset):

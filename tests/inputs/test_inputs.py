@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle, save_checkpoint
 from sarf_bundle.data import InferenceDataset, list_volumes
 from sarf_bundle.handlers import read_prediction_csv
@@ -25,6 +26,14 @@ from sarf_bundle.inputs import CheckVolume, LoadVolume, VolumeError
 from sarf_bundle.networks import SaliencyResNet
 
 SIZE = 32
+EXPECTED_BIDS_NAMES = {  # BIDS "Magnetic Resonance Imaging": anat suffixes, the dwi suffix, the ce-<label> entity
+    "DWI": "dwi",
+    "FLAIR": "FLAIR",
+    "SWI": "swi",
+    "T1": "T1w",
+    "T1Gd": "ce-gadolinium_T1w",
+    "T2": "T2w",
+}
 
 
 def save(array: np.ndarray, path, spacing=(1.5, 1.5, 1.5)) -> str:
@@ -72,13 +81,13 @@ def messy_folder(simulated_dataset, tmp_path_factory):
     save(head(shape=(200, 150, 60), radius=(95, 70, 40)), folder / "body.nii.gz", spacing=(2.0, 2.0, 4.0))  # 380 x 280 mm
     (folder / "notes.txt").write_text("not an input")
     expected = {
-        "good.nii.gz": ("ok", ""),
-        "truncated.nii.gz": ("error", ""),
-        "random.nii": ("error", ""),
-        "empty.nii.gz": ("error", ""),
-        "zeros.nii.gz": ("error", "every voxel is 0"),
-        "nan.nii.gz": ("error", "1000 of"),
-        "flat.nii.gz": ("error", "2D image"),
+        "good.nii.gz": ("ok", None),  # no message at all
+        "truncated.nii.gz": ("error", "EOFError: Compressed file ended before the end-of-stream marker"),
+        "random.nii": ("error", "ImageFileError: Cannot work out file type of"),
+        "empty.nii.gz": ("error", "ImageFileError: Empty file"),
+        "zeros.nii.gz": ("error", "every voxel is 0: the image is empty"),
+        "nan.nii.gz": ("error", "1000 of 860160 voxels are NaN or infinite"),
+        "flat.nii.gz": ("error", "2D image of shape (96, 112)"),
         "echoes.nii.gz": ("ok", "4D: last of 3 volumes"),
         "dwi.nii.gz": ("ok", "mean of the 2 volume(s) at b=1000"),
         "three.nii.gz": ("error", "only 3 slices"),
@@ -98,12 +107,14 @@ def test_every_bad_input_gets_its_row_and_message(bundle_root, messy_folder):
     for name, (status, words) in expected.items():
         row = rows[name]
         assert row["status"] == status, (name, row)
-        assert words in row["message"], (name, row["message"])
-        if status == "error":
-            assert row["message"] and not row["sequence"] and not row["p_T1"]
+        if words is None:
+            assert row["message"] == "", (name, row["message"])
         else:
-            assert row["sequence"] and row["bids_name"] and abs(sum(float(row[f"p_{c}"]) for c in ("DWI", "FLAIR", "SWI", "T1", "T1Gd", "T2")) - 1) < 1e-4
-    assert "Error" in rows["truncated.nii.gz"]["message"] and "empty" in rows["empty.nii.gz"]["message"].lower() or rows["empty.nii.gz"]["message"]
+            assert words in row["message"], (name, row["message"])
+        if status == "error":
+            assert not row["sequence"] and not row["bids_name"] and not any(row[f"p_{c}"] for c in SEQUENCES), (name, row)
+        else:
+            assert row["sequence"] and row["bids_name"] and abs(sum(float(row[f"p_{c}"]) for c in SEQUENCES) - 1) < 1e-4
 
 
 def test_confidence_threshold_marks_uncertain(bundle_root, messy_folder):
@@ -245,7 +256,27 @@ def test_dicom_series_gives_the_nifti_result_and_header_columns(bundle_root, sim
         assert row["header_agrees"] == ("yes" if agrees else "no")
         assert (row["status"] == "uncertain") == (not agrees)
         assert agrees or f"the DICOM header suggests {row['header_sequence']}" in row["message"]
-    assert from_nifti["header_sequence"] == "" and from_nifti["bids_name"] == {"T2": "T2w", "T1": "T1w"}.get(from_nifti["sequence"], from_nifti["bids_name"])
+    assert from_nifti["header_sequence"] == ""
+    for row in [from_nifti, *series.values()]:
+        assert row["bids_name"] == EXPECTED_BIDS_NAMES[row["sequence"]], row
+
+
+def test_each_predicted_sequence_gets_its_bids_name(tmp_path):
+    """Every class, forced by its logits through the real PredictionWriter, gets the BIDS name of the specification."""
+    from ignite.engine import Engine
+
+    from sarf_bundle.handlers import PredictionWriter
+
+    output_csv = tmp_path / "bids.csv"
+    logits = 20.0 * torch.eye(len(SEQUENCES))  # volume i (one slice) predicts class i
+    batch = {"pred": logits, "filename": [f"{c}.nii.gz" for c in SEQUENCES]}
+    engine = Engine(lambda engine, batch: {"pred": batch["pred"]})
+    PredictionWriter(output_csv, n_slices=1, progress=False).attach(engine)
+    engine.run([batch], max_epochs=1)
+    rows = {r["file"]: r for r in read_prediction_csv(output_csv)}
+    assert sorted(EXPECTED_BIDS_NAMES) == sorted(SEQUENCES)
+    for c in SEQUENCES:
+        assert rows[f"{c}.nii.gz"]["sequence"] == c and rows[f"{c}.nii.gz"]["bids_name"] == EXPECTED_BIDS_NAMES[c]
 
 
 class _Payload:
@@ -270,3 +301,34 @@ def test_a_malicious_checkpoint_is_refused_and_not_executed(tmp_path):
         run_bundle("run", ["inference.json"], bundle_root=str(tmp_path), dataset_dir=str(tmp_path), image_size=SIZE, num_workers=0)
     assert "Weights only load failed" in str(refused.value.__cause__)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "slope", "inter", "suffix"),
+    [(np.float32, 1.0, 0.0, ".nii"), (np.int16, 0.05, 3.0, ".nii.gz"), (">i2", 2.0, 0.0, ".nii"), (np.uint8, 1.0, -10.0, ".hdr"), (np.float64, 1.0, 0.0, ".nii.gz")],
+)
+def test_read_float32_equals_nibabel_in_one_c_ordered_copy(tmp_path, dtype, slope, inter, suffix):
+    """The plane-by-plane reader gives nibabel's scaled voxels as one C-ordered float32 array, 3D and 4D."""
+    from sarf_bundle.inputs import read_float32
+
+    rng = np.random.default_rng(0)
+    for shape in [(9, 7, 5), (6, 5, 4, 3)]:
+        stored = (rng.random(shape) * 200).astype(dtype)
+        image = nib.Nifti1Pair(stored, np.diag([1.0, 1.2, 2.0, 1.0])) if suffix == ".hdr" else nib.Nifti1Image(stored, np.eye(4))
+        image.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"v{len(shape)}{suffix}"
+        nib.save(image, str(path))
+        loaded = nib.load(str(path))
+        result = read_float32(loaded)
+        assert result.dtype == np.float32 and result.flags.c_contiguous and result.shape == shape
+        np.testing.assert_allclose(result, loaded.get_fdata(), rtol=1e-6, atol=1e-4)
+
+
+def test_read_float32_names_a_file_shorter_than_its_header(tmp_path):
+    from sarf_bundle.inputs import read_float32
+
+    path = tmp_path / "short.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(path))
+    path.write_bytes(path.read_bytes()[:-700])  # 3 of the 8 planes of 256 bytes are lost
+    with pytest.raises(VolumeError, match="the file ends after 5 of the 8 planes its header declares"):
+        read_float32(nib.load(str(path)))

@@ -112,13 +112,13 @@ def test_focal_with_gamma_zero_is_cross_entropy():
 
 
 def test_focal_matches_hand_formula():
-    logits, target = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]), torch.tensor([0, 2])
+    logits, target = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.float64), torch.tensor([0, 2])
     expected = 0.0
     for row, label in zip(logits.tolist(), target.tolist()):
         p = math.exp(row[label]) / sum(math.exp(v) for v in row)
         expected += -((1 - p) ** 2) * math.log(p) / 2
     loss = SaRFLoss(alpha=0.0, beta=0.0, base="focal", gamma=2.0)(logits, target)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.dtype == torch.float64 and loss.item() == pytest.approx(expected, rel=1e-12)  # float64 on both sides
 
 
 @pytest.mark.parametrize("wrap", [False, True])

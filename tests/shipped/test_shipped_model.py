@@ -13,7 +13,7 @@ import torch
 from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, PreprocessingSettings, load_inference_bundle, save_checkpoint
 from sarf_bundle.data import volume_probabilities
-from sarf_bundle.demo import COLIN27, run_demo, true_sequence
+from sarf_bundle.demo import run_demo, true_sequence
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.networks import SaliencyResNet
 from sarf_bundle.pretrain import export_model
@@ -57,18 +57,17 @@ def test_new_simulated_subjects_are_classified(shipped, tmp_path):
     assert right >= 11, f"{right} of 12 right: {answers}"
 
 
-@pytest.mark.skipif(not (COLIN27 / "ch2.nii.gz").is_file(), reason="Colin27 needs Debian's mricron-data")
 @pytest.mark.parametrize("name", ["ch2", "ch2bet", "ch2better"])
-def test_colin27_is_t1_with_and_without_its_skull(shipped, name):
-    sequence, confidence = classify(shipped, COLIN27 / f"{name}.nii.gz")
+def test_colin27_is_t1_with_and_without_its_skull(shipped, mricron_templates, name):
+    sequence, confidence = classify(shipped, mricron_templates / f"{name}.nii.gz")
     assert sequence == "T1" and confidence >= 0.5, f"{name}: {sequence} ({confidence:.2f})"
 
 
-def test_the_demo_classifies_a_mixed_folder_with_the_shipped_model(tmp_path, capsys):
+def test_the_demo_classifies_a_mixed_folder_with_the_shipped_model(tmp_path, capsys, mricron_installed):
     summary = json.loads(open(run_demo(out=tmp_path / "demo", subjects=1, voxel_scale=2.0, unknown_volumes=1)).read())
     rows = {r["file"]: r for r in read_prediction_csv(summary["outputs"]["predictions_csv"])}
     truths = [true_sequence(f) for f in rows]
-    assert sorted(t for t in truths if t in SEQUENCES) == sorted(list(SEQUENCES) + (["T1"] * 3 if (COLIN27 / "ch2.nii.gz").is_file() else []))
+    assert sorted(t for t in truths if t in SEQUENCES) == sorted(list(SEQUENCES) + (["T1"] * 3 if mricron_installed else []))
     assert sum("dicom/" in f for f in rows) == 2 and all(rows[f]["status"] != "error" for f in rows if "dicom/" in f)
     corrupt = next(r for f, r in rows.items() if f.endswith("corrupt.nii.gz"))
     assert corrupt["status"] == "error" and "gzip" in corrupt["message"]

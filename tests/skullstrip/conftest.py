@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
-"""Where Debian's ``mricron-data`` installs Colin27 (``ch2.nii.gz``) and its skull-stripped brain (``ch2bet.nii.gz``)."""
-
 TINY_UNET = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "arch_kwargs": {
@@ -132,9 +129,6 @@ def tiny_hd_bet_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def colin27() -> tuple[Path, Path]:
-    """Colin27 whole-head T1 and its skull-stripped brain, from Debian's mricron-data."""
-    head, brain = MRICRON_TEMPLATES / "ch2.nii.gz", MRICRON_TEMPLATES / "ch2bet.nii.gz"
-    if not (head.is_file() and brain.is_file()):
-        pytest.skip(f"{head} and {brain} are absent: install Debian's mricron-data (apt-get install mricron-data; .ci/run does)")
-    return head, brain
+def colin27(mricron_templates) -> tuple[Path, Path]:
+    """Colin27 whole-head T1 and its skull-stripped brain, from Debian's mricron-data (see ``mricron_templates``)."""
+    return mricron_templates / "ch2.nii.gz", mricron_templates / "ch2bet.nii.gz"

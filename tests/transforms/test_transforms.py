@@ -21,6 +21,7 @@ from sarf_bundle.transforms import (
     CropCranioCaudald,
     NormalizeCentral,
     NormalizeCentrald,
+    OrientationInPlaced,
     RandSkullStripd,
     SelectPercentileSlices,
     SelectPercentileSlicesd,
@@ -405,3 +406,19 @@ def test_rand_skull_strip_is_skull_strip_or_nothing():
     strip.set_random_state(0)
     stripped = [bool((strip(data)["image"] == 0).sum() > (data["image"] == 0).sum()) for _ in range(200)]
     assert 70 < sum(stripped) < 130
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "PIR", "ASL", "LIA", "RAS"])
+def test_orientation_in_place_equals_monai_orientation_without_a_copy(axcodes):
+    """Same voxels and affine as MONAI's Orientation from any stored orientation; the flips reuse the input's memory."""
+    data = torch.as_tensor(np.random.default_rng(3).random((1, 5, 6, 7)), dtype=torch.float32)
+    reorientation = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(axcodes))
+    affine = torch.as_tensor(nib.orientations.inv_ornt_aff(reorientation, (5, 6, 7)) @ np.diag([1.5, 2.0, 3.0, 1.0]))
+    expected = Orientationd("image", "RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))({"image": MetaTensor(data.clone(), affine=affine)})
+    image = MetaTensor(data.clone(), affine=affine)
+    storage = image.untyped_storage().data_ptr()
+    result = OrientationInPlaced("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))({"image": image})["image"]
+    assert torch.equal(result.as_tensor(), expected["image"].as_tensor())
+    np.testing.assert_allclose(result.affine.numpy(), expected["image"].affine.numpy(), atol=1e-12)
+    assert nib.aff2axcodes(result.affine.numpy()) == ("R", "A", "S")
+    assert result.untyped_storage().data_ptr() == storage  # flipped in place, then permuted as a view
