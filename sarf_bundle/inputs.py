@@ -174,7 +174,7 @@ class Float32NibabelReader(NibabelReader):
 class LoadVolume(Transform):
     """Read a NIfTI file or a DICOM series as one volume ``(1, X, Y, Z)``, applying the 4D rule (module notes).
 
-    NIfTI goes through MONAI's ``LoadImage`` (nibabel), DICOM through MONAI's ``PydicomReader``
+    NIfTI goes through MONAI's ``LoadImage`` with :class:`Float32NibabelReader` (one float32 copy), DICOM through MONAI's ``PydicomReader``
     (:func:`sarf_bundle.dicom.read_series`). The result is a float32 ``MetaTensor`` with its affine; its
     ``meta["sarf_note"]`` says how a 4D input was reduced ("" otherwise).
 

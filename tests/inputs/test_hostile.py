@@ -12,29 +12,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle, save_checkpoint
+from sarf_bundle.bundle import run_bundle
 from sarf_bundle.handlers import claims_folder, read_prediction_csv
-from sarf_bundle.networks import SaliencyResNet
 
-SIZE = 32
+SIZE = 32  # the slice size of conftest's bundle_root
 ODD_NAMES = ["with space.nii.gz", "ünïcödé_日本.nii.gz", "comma,name.nii.gz", 'quote"d\'.nii.gz', "new\nline.nii.gz"]
-
-
-@pytest.fixture(scope="module")
-def bundle_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    save_checkpoint(SaliencyResNet(), root / "models" / "model.pt", image_size=SIZE)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +34,6 @@ def infer(bundle_root, folder, output_csv, **overrides) -> list[dict[str, str]]:
     run_bundle("run", ["inference.json"], bundle_root=str(bundle_root), dataset_dir=str(folder), output_csv=str(output_csv),
                image_size=SIZE, num_workers=0, **{"confidence_threshold": 0.0, **overrides})  # fmt: skip
     return read_prediction_csv(output_csv)
-
-
-def command(bundle_root, folder, output_csv) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE_ROOT / "configs" / "inference.json"),
-            "--bundle_root", str(bundle_root), "--dataset_dir", str(folder), "--output_csv", str(output_csv),
-            "--image_size", str(SIZE), "--batch_size", "1", "--num_workers", "0", "--confidence_threshold", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +135,12 @@ def test_an_output_folder_that_cannot_be_written_stops_before_classifying(bundle
     assert any(isinstance(e, OSError) and str(e) == message for e in chain), [str(e) for e in chain]
 
 
-def test_two_runs_at_once_share_the_work_and_write_each_file_once(bundle_root, simulated_dataset, tmp_path):
-    folder = tmp_path / "shared"
-    folder.mkdir()
-    sources = sorted(p for p in simulated_dataset.parent.glob("*.nii.gz") if "_brainmask" not in p.name)
-    for i in range(24):
-        os.symlink(sources[i % len(sources)], folder / f"v{i:02d}.nii.gz")
+def test_two_runs_at_once_share_the_work_and_write_each_file_once(linked_folder, inference_command, tmp_path):
+    folder = linked_folder(24)
     output_csv = tmp_path / "out" / "predictions.csv"
     logs = [tmp_path / f"run{i}.log" for i in range(2)]
-    processes = [subprocess.Popen(command(bundle_root, folder, output_csv), stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    command = inference_command(folder, output_csv, "--confidence_threshold", "0")
+    processes = [subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     deadline = time.time() + 300
     for process in processes:
         assert process.wait(timeout=max(1, deadline - time.time())) == 0

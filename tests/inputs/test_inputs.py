@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import nibabel as nib
@@ -19,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle, save_checkpoint
+from sarf_bundle.bundle import load_inference_bundle, run_bundle
 from sarf_bundle.data import InferenceDataset, list_volumes
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.inputs import CheckVolume, LoadVolume, VolumeError
-from sarf_bundle.networks import SaliencyResNet
 
-SIZE = 32
+SIZE = 32  # the slice size of conftest's bundle_root
 EXPECTED_BIDS_NAMES = {  # BIDS "Magnetic Resonance Imaging": anat suffixes, the dwi suffix, the ce-<label> entity
     "DWI": "dwi",
     "FLAIR": "FLAIR",
@@ -47,15 +45,6 @@ def head(shape=(96, 112, 80), radius=(45, 55, 40)) -> np.ndarray:
     grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij"))
     r = np.sqrt(sum((g / rr) ** 2 for g, rr in zip(grid, radius)))
     return np.where(r < 1, 200.0 - 80.0 * (r < 0.8), 0.0).astype(np.float32) + np.random.default_rng(0).random(shape, dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def bundle_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    save_checkpoint(SaliencyResNet(), root / "models" / "model.pt", image_size=SIZE)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -184,16 +173,10 @@ def test_fuzzed_files_never_crash_and_never_lose_a_row(preprocessing, tmp_path_f
         assert torch.isfinite(item["image"]).all()
 
 
-def test_inference_killed_midway_resumes_with_each_file_once(bundle_root, simulated_dataset, tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    sources = sorted(p for p in simulated_dataset.parent.glob("*.nii.gz") if "_brainmask" not in p.name)
-    for i in range(24):
-        os.symlink(sources[i % len(sources)], folder / f"v{i:02d}.nii.gz")
+def test_inference_killed_midway_resumes_with_each_file_once(linked_folder, inference_command, tmp_path):
+    folder = linked_folder(24)
     output_csv = tmp_path / "out.csv"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE_ROOT / "configs" / "inference.json"),
-               "--bundle_root", str(bundle_root), "--dataset_dir", str(folder), "--output_csv", str(output_csv),
-               "--image_size", str(SIZE), "--batch_size", "1", "--num_workers", "0"]  # fmt: skip
+    command = inference_command(folder, output_csv)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while len(read_prediction_csv(output_csv)) < 3 and process.poll() is None and time.time() < deadline:
