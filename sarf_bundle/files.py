@@ -199,7 +199,7 @@ def shared_run(folder: str | Path, pid: int | None = None) -> Iterator[Path]:
     with locked(folder):
         if not _live_runs(folder):
             for path in folder.iterdir():
-                path.unlink()
+                path.unlink(missing_ok=True)
         me.write_text(_owner(pid))
     try:
         yield folder
@@ -208,7 +208,7 @@ def shared_run(folder: str | Path, pid: int | None = None) -> Iterator[Path]:
             me.unlink(missing_ok=True)
             if not _live_runs(folder):
                 for path in folder.iterdir():
-                    path.unlink()
+                    path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # the lock is on the folder's descriptor, which outlives its name
 
