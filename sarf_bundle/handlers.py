@@ -194,18 +194,19 @@ def read_prediction_csv(path: str | Path) -> list[dict[str, str]]:
     A row cut short (a CSV truncated by a crash or a full disk: fewer fields than the header, or a status that is
     not one of :data:`STATUSES`) is left out, so that its input counts as not done and is classified again.
     """
-    return _read_rows(path)[0]
+    return _read_rows(path)[1]
 
 
-def _read_rows(path: str | Path) -> tuple[list[dict[str, str]], int]:
-    """The complete rows of an inference CSV and the number of incomplete ones."""
+def _read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]], int]:
+    """The columns of an inference CSV, its complete rows and the number of incomplete ones."""
     path = Path(path)
     if not path.is_file():
-        return [], 0
+        return [], [], 0
     with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
     complete = [r for r in rows if None not in r and None not in r.values() and r.get("status") in STATUSES]
-    return complete, len(rows) - len(complete)
+    return list(reader.fieldnames or []), complete, len(rows) - len(complete)
 
 
 def claims_folder(output_csv: str | Path) -> Path:
@@ -246,10 +247,9 @@ def merge_shards(output_csv: str | Path) -> Path:
         columns: list[str] = []
         rows: dict[str, dict[str, str]] = {}
         for path in [output_csv, *parts]:
-            if path.is_file():
-                with path.open(newline="", encoding="utf-8") as f:
-                    columns = columns or list(csv.DictReader(f).fieldnames or [])
-                rows.update((row["file"], row) for row in read_prediction_csv(path))
+            fields, complete, _ = _read_rows(path)
+            columns = columns or fields
+            rows.update((row["file"], row) for row in complete)
         if columns:
             _write_csv(output_csv, columns, [rows[name] for name in sorted(rows)])
         for path in parts:
@@ -338,7 +338,7 @@ class PredictionWriter:
         try:
             self.output_csv.parent.mkdir(parents=True, exist_ok=True)
             with locked(self.output_csv.parent):
-                rows, incomplete = _read_rows(self.output_csv)
+                _, rows, incomplete = _read_rows(self.output_csv)
                 _write_csv(self.output_csv, self.columns, rows)
         except OSError as error:
             raise type(error)(

@@ -274,8 +274,8 @@ class CheckVolume(Transform):
                 f"voxel spacing {tuple(round(float(s), 3) for s in spacing)} mm is outside {self.spacing_mm[0]:g}-{self.spacing_mm[1]:g} mm "
                 "(a broken header?)"
             )
-        if orientation_problem(affine):
-            raise VolumeError(orientation_problem(affine))
+        if problem := orientation_problem(affine):
+            raise VolumeError(problem)
         axial_axes = [int(a) for a in np.argsort(np.abs(affine[2, :3] / spacing))[:2]]
         cranio_caudal = 3 - sum(axial_axes)
         if shape[cranio_caudal] < self.min_slices:
