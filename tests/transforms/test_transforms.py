@@ -244,7 +244,7 @@ BAD_ARGUMENTS = [
     (NormalizeCentral, {"statistics": "median"}, ValueError, "statistics must be 'robust' or 'moments', got 'median'"),
     (NormalizeCentral, {"slices": [1.5]}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[1.5\]"),
     (NormalizeCentral, {"slices": []}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[\]"),
-    (BrainMaskd, {"keys": "image", "backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet', 'deepbet'\), got 'bet2'"),
+    (BrainMaskd, {"keys": "image", "backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet-v1', 'hd-bet-v2', 'deepbet'\), got 'bet2'"),
 ]
 
 

@@ -1,0 +1,116 @@
+"""Dice of each skull-stripping backend against ground truth, per sequence, with seconds per volume.
+
+    python benchmarks/skull_strip_accuracy.py --datalist /work/data/sim80/datalist.json --subjects 3 \\
+        --backends hd-bet-v1 deepbet --out docs/results/skull_strip
+
+Ground truth: the simulator's true brain mask of each volume (the ``brain_mask`` of its datalist entry), for the
+first ``--subjects`` subjects of the datalist's ``testing`` split, all their sequences; and Colin27 (Debian's
+``mricron-data``): the mask of the whole-head ``ch2`` against the non-zero voxels of its stripped ``ch2bet``.
+Each backend runs through :class:`sarf_bundle.skullstrip.SkullStripper`, so its masks are cached under
+``<out>/cache`` and a second run (or one cut short) computes only what is missing; the seconds are the backend's
+own, from the cache note written when the mask was computed. Written: ``<out>/skull_strip_accuracy.csv`` (one
+row per backend and volume) and ``<out>/skull_strip_accuracy.json`` (the table printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from sarf_bundle.data import load_datalist  # noqa: E402
+from sarf_bundle.files import atomic_write_text  # noqa: E402
+from sarf_bundle.skullstrip import SkullStripper  # noqa: E402
+
+COLIN27 = Path("/usr/share/mricron/templates")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def volumes(datalist: str, subjects: int, colin27: Path) -> list[dict]:
+    """``{"name", "sequence", "image", "truth", "acquisition"}`` of the first subjects' volumes and of Colin27."""
+    entries = load_datalist(datalist, "testing")
+    chosen = list(dict.fromkeys(e["subject"] for e in entries))[:subjects]
+    items = [
+        {"name": Path(e["image"]).name, "sequence": e["sequence"], "image": e["image"], "truth": e["brain_mask"],
+         "acquisition": "{kind} {orientation} {field_t} T".format(**e["acquisition"])}
+        for e in entries
+        if e["subject"] in chosen
+    ]
+    if (colin27 / "ch2.nii.gz").is_file():
+        items.append({"name": "ch2.nii.gz", "sequence": "Colin27 T1", "image": str(colin27 / "ch2.nii.gz"),
+                      "truth": str(colin27 / "ch2bet.nii.gz"), "acquisition": "average of 27 T1 scans"})
+    else:
+        print(f"Colin27 not found in {colin27} (apt-get install mricron-data): left out")
+    return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datalist", required=True, help="a simulated datalist (with brain_mask entries)")
+    parser.add_argument("--subjects", type=int, default=3, help="subjects of the testing split to strip")
+    parser.add_argument("--backends", nargs="+", default=["hd-bet-v1", "deepbet"])
+    parser.add_argument("--colin27", type=Path, default=COLIN27, help="folder of ch2.nii.gz and ch2bet.nii.gz")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/skull_strip_accuracy"))
+    args = parser.parse_args()
+
+    items = volumes(args.datalist, args.subjects, args.colin27)
+    rows = []
+    for backend in args.backends:
+        stripper = SkullStripper(backend, args.out / "cache", device=args.device)
+        for item in tqdm(items, desc=backend, unit="volume"):
+            mask_file = stripper(item["image"])
+            note = json.loads(mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")).read_text())
+            mask = np.asarray(nib.load(mask_file).dataobj)
+            truth = np.asarray(nib.load(item["truth"]).dataobj)
+            rows.append({"backend": backend, "sequence": item["sequence"], "volume": item["name"],
+                         "acquisition": item["acquisition"], "dice": round(dice(mask, truth), 4), "seconds": note["seconds"]})
+
+    table: dict[str, dict[str, dict]] = {}
+    for backend in args.backends:
+        for sequence in dict.fromkeys(r["sequence"] for r in rows):
+            chosen = [r for r in rows if r["backend"] == backend and r["sequence"] == sequence]
+            table.setdefault(sequence, {})[backend] = {
+                "dice_mean": round(statistics.mean(r["dice"] for r in chosen), 3),
+                "dice_min": round(min(r["dice"] for r in chosen), 3),
+                "volumes": len(chosen),
+            }
+    seconds = {b: round(statistics.mean(r["seconds"] for r in rows if r["backend"] == b), 1) for b in args.backends}
+
+    print(f"\nDice against the true brain mask (mean, min over volumes); {machine()}")
+    print("| sequence | volumes | " + " | ".join(args.backends) + " |")
+    print("|---|---|" + "---|" * len(args.backends))
+    for sequence, by_backend in table.items():
+        cells = [f"{v['dice_mean']:.3f} (min {v['dice_min']:.3f})" for v in by_backend.values()]
+        print(f"| {sequence} | {next(iter(by_backend.values()))['volumes']} | " + " | ".join(cells) + " |")
+    print("| seconds per volume | | " + " | ".join(f"{seconds[b]:.1f}" for b in args.backends) + " |")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(args.out / "skull_strip_accuracy.csv", text.getvalue())
+    summary = {"datalist": args.datalist, "subjects": args.subjects, "machine": machine(), "dice": table,
+               "seconds_per_volume": seconds}
+    atomic_write_text(args.out / "skull_strip_accuracy.json", json.dumps(summary, indent=1))
+    print(f"Written: {args.out / 'skull_strip_accuracy.csv'}, {args.out / 'skull_strip_accuracy.json'}")
+
+
+if __name__ == "__main__":
+    main()
