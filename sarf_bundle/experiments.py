@@ -420,7 +420,11 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
 
 
 def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, Any], name: str) -> dict | None:
-    """The ``fold.json`` record of a fold trained and tested with these settings on this datalist, else ``None``."""
+    """The ``fold.json`` record of a fold trained and tested with these settings on this datalist, else ``None``.
+
+    A fold of another bundle version is trained again: a version bump is how a change of the recipe in
+    ``configs/train.json`` (which the settings, being overrides of it, do not show) is recorded.
+    """
     record_file = fold_dir / FOLD_FILE
     if not (record_file.is_file() and (fold_dir / "eval" / "metrics.json").is_file()):
         return None
@@ -428,6 +432,12 @@ def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, A
     changes = _changes(previous.get("settings", {}), settings)
     if previous.get("datalist_sha256") != digest:
         print(f"[{name}] fold {fold} was run on another version of the datalist: training it again.", flush=True)
+    elif previous.get("bundle_version") != bundle_version():
+        print(
+            f"[{name}] fold {fold} was run by bundle {previous.get('bundle_version')}, whose recipe may differ from "
+            f"{bundle_version()}'s: training it again.",
+            flush=True,
+        )
     elif changes:
         described = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
         print(f"[{name}] fold {fold} was run with other settings ({described}): training it again.", flush=True)

@@ -161,6 +161,12 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     relabelled = Recorder(fake=True)
     run(relabelled, epochs=2)
     assert [fold for _, fold, _ in relabelled.calls] == [0] * 4 + [1] * 4
+    # a fold run by another bundle version (whose train.json may differ) is trained again
+    record_file = tmp_path / "sarf" / "fold1" / "fold.json"
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "bundle_version": "0.0.1"}))
+    older = Recorder(fake=True)
+    run(older, epochs=2)
+    assert [fold for _, fold, _ in older.calls] == [1] * 4
 
 
 @pytest.mark.parametrize("fold", [0, 1])
