@@ -132,3 +132,24 @@ def tiny_hd_bet_weights(tmp_path_factory) -> Path:
 def colin27(mricron_templates) -> tuple[Path, Path]:
     """Colin27 whole-head T1 and its skull-stripped brain, from Debian's mricron-data (see ``mricron_templates``)."""
     return mricron_templates / "ch2.nii.gz", mricron_templates / "ch2bet.nii.gz"
+
+
+
+def _strip_colin27(backend: str, colin27: tuple[Path, Path], tmp_path_factory) -> tuple[Path, Path]:
+    """Colin27's whole head stripped by ``backend`` on CPU into a fresh cache folder: (cache folder, mask file)."""
+    from sarf_bundle.skullstrip import SkullStripper
+
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, SkullStripper(backend, cache, device="cpu")(colin27[0])
+
+
+@pytest.fixture(scope="session")
+def colin27_deepbet(colin27, tmp_path_factory) -> tuple[Path, Path]:
+    """Colin27 stripped once by deepbet: (cache folder, mask file)."""
+    return _strip_colin27("deepbet", colin27, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def colin27_hd_bet_v1(colin27, tmp_path_factory) -> tuple[Path, Path]:
+    """Colin27 stripped once by HD-BET v1: (cache folder, mask file)."""
+    return _strip_colin27("hd-bet-v1", colin27, tmp_path_factory)

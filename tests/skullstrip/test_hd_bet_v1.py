@@ -17,13 +17,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-@pytest.fixture(scope="module")
-def colin27_hd_bet_v1(colin27, tmp_path_factory):
-    """Colin27's whole head stripped once by HD-BET v1 into a module cache: (cache folder, mask file)."""
-    cache = tmp_path_factory.mktemp("cache")
-    return cache, SkullStripper("hd-bet-v1", cache, device="cpu")(colin27[0])
-
-
 def test_hd_bet_v1_strips_colin27_like_its_reference(colin27, colin27_hd_bet_v1):
     head, brain = colin27
     cache, mask_file = colin27_hd_bet_v1

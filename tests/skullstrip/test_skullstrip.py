@@ -117,13 +117,6 @@ def test_hd_bet_weights_from_environment(tiny_hd_bet_weights, monkeypatch):
     assert SkullStripper("hd-bet-v2").options["weights"] == str(tiny_hd_bet_weights)
 
 
-@pytest.fixture(scope="module")
-def colin27_deepbet(colin27, tmp_path_factory):
-    """Colin27 stripped once by deepbet into a module cache: (cache folder, mask file)."""
-    cache = tmp_path_factory.mktemp("cache")
-    return cache, SkullStripper("deepbet", cache, device="cpu")(colin27[0])
-
-
 def test_deepbet_strips_colin27_like_its_reference(colin27, colin27_deepbet):
     head, brain = colin27
     _, mask_file = colin27_deepbet
