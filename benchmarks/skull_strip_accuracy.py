@@ -31,7 +31,7 @@ from common import machine  # noqa: E402
 
 from sarf_bundle.data import load_datalist  # noqa: E402
 from sarf_bundle.files import atomic_write_text  # noqa: E402
-from sarf_bundle.skullstrip import SkullStripper  # noqa: E402
+from sarf_bundle.skullstrip import SkullStripper, mask_note_path  # noqa: E402
 
 COLIN27 = Path("/usr/share/mricron/templates")
 
@@ -75,7 +75,7 @@ def main() -> None:
         stripper = SkullStripper(backend, args.out / "cache", device=args.device)
         for item in tqdm(items, desc=backend, unit="volume"):
             mask_file = stripper(item["image"])
-            note = json.loads(mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")).read_text())
+            note = json.loads(mask_note_path(mask_file).read_text())
             mask = np.asarray(nib.load(mask_file).dataobj)
             truth = np.asarray(nib.load(item["truth"]).dataobj)
             rows.append({"backend": backend, "sequence": item["sequence"], "volume": item["name"],

@@ -62,6 +62,7 @@ __all__ = [
     "hd_bet_v2_brain_mask",
     "hd_bet_isolation",
     "hd_bet_weights_folder",
+    "mask_note_path",
     "strip_datalist",
 ]
 
@@ -311,6 +312,12 @@ def _sha256(path: Path) -> str:
     return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def mask_note_path(mask_file: str | os.PathLike) -> Path:
+    """The JSON note beside a cached mask ``<key>.nii.gz``: ``<key>.json``, with its image, settings and seconds."""
+    mask_file = Path(mask_file)
+    return mask_file.with_name(mask_file.name.replace(".nii.gz", ".json"))
+
+
 def _check_image(image: Path) -> None:
     """Check that ``image`` is a readable 3D NIfTI file; errors name the file and the problem."""
     if not image.is_file():
@@ -415,7 +422,7 @@ class SkullStripper:
                 raise RuntimeError(f"{self.backend} returned a mask of shape {mask.shape} for {image} of shape {source.shape}.")
             path.parent.mkdir(parents=True, exist_ok=True)
             note = {"image": str(image.resolve()), **self.settings(), "device": self.device, "seconds": round(seconds, 2)}
-            atomic_write_text(path.with_name(path.name.replace(".nii.gz", ".json")), json.dumps(note, indent=1))
+            atomic_write_text(mask_note_path(path), json.dumps(note, indent=1))
             write_nifti(mask, source.affine, path, "uint8")
         return seconds
 

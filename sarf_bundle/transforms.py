@@ -776,7 +776,7 @@ class BrainMaskd(MapTransform):
         mask_key: key the brain-mask file goes to, e.g. ``"brain_mask"``.
         backend: one of :data:`SKULL_STRIP_BACKENDS`: ``"mask"``, ``"hd-bet-v1"``, ``"hd-bet-v2"`` or ``"deepbet"``.
         cache_dir: the cache folder of computed masks.
-        hd_bet_weights: HD-BET's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
+        hd_bet_weights: HD-BET 2.x's weights folder, or ``None`` for ``$SARF_HD_BET_WEIGHTS`` or HD-BET's default.
         hd_bet_tta: HD-BET's test-time augmentation.
         device: where the backend runs; ``None`` for the first GPU if there is one.
         allow_missing_keys: don't raise an exception if the image key is missing.

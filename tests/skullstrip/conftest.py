@@ -134,7 +134,6 @@ def colin27(mricron_templates) -> tuple[Path, Path]:
     return mricron_templates / "ch2.nii.gz", mricron_templates / "ch2bet.nii.gz"
 
 
-
 def _strip_colin27(backend: str, colin27: tuple[Path, Path], tmp_path_factory) -> tuple[Path, Path]:
     """Colin27's whole head stripped by ``backend`` on CPU into a fresh cache folder: (cache folder, mask file)."""
     from sarf_bundle.skullstrip import SkullStripper

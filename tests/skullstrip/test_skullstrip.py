@@ -24,6 +24,7 @@ from sarf_bundle.skullstrip import (
     HD_BET_WEIGHTS_ENV,
     SkullStripper,
     hd_bet_weights_folder,
+    mask_note_path,
     strip_datalist,
 )
 from sarf_bundle.transforms import BrainMask, BrainMaskd, SkullStripd
@@ -90,7 +91,7 @@ def test_hd_bet_runs_end_to_end_and_leaves_no_side_effects(tmp_path, tiny_hd_bet
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
     loaded_image, loaded_mask = LoadImage(image_only=True)(str(image)), LoadImage(image_only=True)(str(mask_file))
     torch.testing.assert_close(loaded_mask.affine, loaded_image.affine)
-    note = json.loads(mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")).read_text())
+    note = json.loads(mask_note_path(mask_file).read_text())
     assert note["backend"] == "hd-bet-v2" and note["tta"] is False and note["image"] == str(image)
     tta = SkullStripper("hd-bet-v2", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights, hd_bet_tta=True)
     assert tta.cache_path(image) != mask_file, "test-time augmentation changes the mask, so it must change the key"
