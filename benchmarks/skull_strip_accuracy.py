@@ -24,6 +24,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,11 +36,6 @@ from sarf_bundle.files import atomic_write_text  # noqa: E402
 from sarf_bundle.skullstrip import SkullStripper, mask_note_path  # noqa: E402
 
 COLIN27 = Path("/usr/share/mricron/templates")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def volumes(datalist: str, subjects: int, colin27: Path) -> list[dict]:
@@ -76,10 +73,10 @@ def main() -> None:
         for item in tqdm(items, desc=backend, unit="volume"):
             mask_file = stripper(item["image"])
             note = json.loads(mask_note_path(mask_file).read_text())
-            mask = np.asarray(nib.load(mask_file).dataobj)
-            truth = np.asarray(nib.load(item["truth"]).dataobj)
+            mask = torch.as_tensor(np.asarray(nib.load(mask_file).dataobj) > 0)
+            truth = torch.as_tensor(np.asarray(nib.load(item["truth"]).dataobj) > 0)
             rows.append({"backend": backend, "sequence": item["sequence"], "volume": item["name"],
-                         "acquisition": item["acquisition"], "dice": round(dice(mask, truth), 4), "seconds": note["seconds"]})
+                         "acquisition": item["acquisition"], "dice": round(float(compute_dice(mask[None, None], truth[None, None], include_background=True)), 4), "seconds": note["seconds"]})
 
     table: dict[str, dict[str, dict]] = {}
     for backend in args.backends:
