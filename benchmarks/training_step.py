@@ -1,10 +1,10 @@
 """Training step time with the SaRF loss / with cross-entropy only: same model, batch and data, one run.
 
-    python benchmarks/training_step.py                  # 8 volumes = 56 slices of 128 px, as configs/train.json
+    python benchmarks/training_step.py                  # 8 volumes = 56 slices of 128 px (configs/train.json: 96 px)
     python benchmarks/training_step.py --rounds 20 --batch_size 16
 
 Everything comes from ``configs/train.json`` as ``monai.bundle run training`` builds it: the network
-(``SaliencyResNet``), the optimizer (RMSprop), ``SliceBatch``, the inferer and the SaRF loss (alpha 5,
+(``SaliencyResNet``), the optimizer (the config's, AdamW), ``SliceBatch``, the inferer and the SaRF loss (alpha 5,
 beta 0.5, DTD saliency). One MONAI ``SupervisedTrainer`` per loss shares that network and optimizer, and
 a step is its whole iteration (slicing the batch, forward, loss, backward, optimizer step), timed from
 Ignite's ``ITERATION_STARTED`` to ``ITERATION_COMPLETED``; the trainer's logging, validation and
@@ -91,7 +91,7 @@ def main(
 
     Args:
         batch_size: volumes per batch (each gives ``n_slices`` = 7 slices); configs/train.json uses 8.
-        image_size: slice side in pixels; configs/train.json uses 128.
+        image_size: slice side in pixels; 128 as in the figures of docs/performance.md, configs/train.json uses 96.
         rounds: timed rounds; each runs every loss for ``steps`` steps.
         steps: steps per loss and round.
         warmup: untimed rounds first.
