@@ -4,10 +4,11 @@
         --backends hd-bet-v1 deepbet --out docs/results/skull_strip
 
 Ground truth: the simulator's true brain mask of each volume (the ``brain_mask`` of its datalist entry), for the
-first ``--subjects`` subjects of the datalist's ``testing`` split, all their sequences; and Colin27 (Debian's
+first ``--subjects`` subjects (0: all) of the datalist's ``--split`` (``testing`` by default), all their sequences; and Colin27 (Debian's
 ``mricron-data``): the mask of the whole-head ``ch2`` against the non-zero voxels of its stripped ``ch2bet``.
 Each backend runs through :class:`sarf_bundle.skullstrip.SkullStripper`, so its masks are cached under
-``<out>/cache`` and a second run (or one cut short) computes only what is missing; the seconds are the backend's
+``--cache_dir`` (default ``<out>/cache``; the cache of ``python -m sarf_bundle skullstrip`` works too) and a second
+run (or one cut short) computes only what is missing; the seconds are the backend's
 own, from the cache note written when the mask was computed. Written: ``<out>/skull_strip_accuracy.csv`` (one
 row per backend and volume) and ``<out>/skull_strip_accuracy.json`` (the table printed).
 """
@@ -38,10 +39,10 @@ from sarf_bundle.skullstrip import SkullStripper, mask_note_path  # noqa: E402
 COLIN27 = Path("/usr/share/mricron/templates")
 
 
-def volumes(datalist: str, subjects: int, colin27: Path) -> list[dict]:
-    """``{"name", "sequence", "image", "truth", "acquisition"}`` of the first subjects' volumes and of Colin27."""
-    entries = load_datalist(datalist, "testing")
-    chosen = list(dict.fromkeys(e["subject"] for e in entries))[:subjects]
+def volumes(datalist: str, split: str, subjects: int, colin27: Path) -> list[dict]:
+    """``{"name", "sequence", "image", "truth", "acquisition"}`` of the first subjects' volumes (0: all) and of Colin27."""
+    entries = load_datalist(datalist, split)
+    chosen = list(dict.fromkeys(e["subject"] for e in entries))[: subjects or None]
     items = [
         {"name": Path(e["image"]).name, "sequence": e["sequence"], "image": e["image"], "truth": e["brain_mask"],
          "acquisition": "{kind} {orientation} {field_t} T".format(**e["acquisition"])}
@@ -59,17 +60,19 @@ def volumes(datalist: str, subjects: int, colin27: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", required=True, help="a simulated datalist (with brain_mask entries)")
-    parser.add_argument("--subjects", type=int, default=3, help="subjects of the testing split to strip")
+    parser.add_argument("--split", default="testing", help="the datalist's split whose volumes are stripped")
+    parser.add_argument("--subjects", type=int, default=3, help="subjects of the split to strip (0: all)")
+    parser.add_argument("--cache_dir", type=Path, default=None, help="the mask cache (default: <out>/cache)")
     parser.add_argument("--backends", nargs="+", default=["hd-bet-v1", "deepbet"])
     parser.add_argument("--colin27", type=Path, default=COLIN27, help="folder of ch2.nii.gz and ch2bet.nii.gz")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/skull_strip_accuracy"))
     args = parser.parse_args()
 
-    items = volumes(args.datalist, args.subjects, args.colin27)
+    items = volumes(args.datalist, args.split, args.subjects, args.colin27)
     rows = []
     for backend in args.backends:
-        stripper = SkullStripper(backend, args.out / "cache", device=args.device)
+        stripper = SkullStripper(backend, args.cache_dir or args.out / "cache", device=args.device)
         for item in tqdm(items, desc=backend, unit="volume"):
             mask_file = stripper(item["image"])
             note = json.loads(mask_note_path(mask_file).read_text())
@@ -103,7 +106,7 @@ def main() -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(args.out / "skull_strip_accuracy.csv", text.getvalue())
-    summary = {"datalist": args.datalist, "subjects": args.subjects, "machine": machine(), "dice": table,
+    summary = {"datalist": args.datalist, "split": args.split, "subjects": args.subjects, "machine": machine(), "dice": table,
                "seconds_per_volume": seconds}
     atomic_write_text(args.out / "skull_strip_accuracy.json", json.dumps(summary, indent=1))
     print(f"Written: {args.out / 'skull_strip_accuracy.csv'}, {args.out / 'skull_strip_accuracy.json'}")
