@@ -409,7 +409,8 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
     missing = {name: job for name, job in FOLD_EVALUATIONS.items() if not (fold_dir / job[0] / "metrics.json").is_file()}
     for evaluation, (folder, overrides) in missing.items():
         tick = time.time()
-        runner("run", ["train.json", "evaluate.json"], **bundle, output_dir=str(fold_dir / folder), **overrides)
+        # the evaluation's own keys win: the whole-head control (skull_strip False) still strips its stripped validation
+        runner("run", ["train.json", "evaluate.json"], **{**bundle, "output_dir": str(fold_dir / folder), **overrides})
         record["seconds"][evaluation] = round(time.time() - tick, 1)
     if missing or "accuracy" not in record or "training" not in record:
         record.setdefault("training", _throughput(datalist, fold, settings, record["seconds"]["train"]))

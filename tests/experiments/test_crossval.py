@@ -169,6 +169,14 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     assert [fold for _, fold, _ in older.calls] == [1] * 4
 
 
+def test_whole_head_control_still_strips_its_stripped_validation(simulated_dataset, tmp_path):
+    """``--skull_strip False`` (the whole-head control) trains on whole heads; the evaluation keys override it."""
+    recorder = Recorder(fake=True)
+    run_crossval(simulated_dataset, tmp_path / "control", {**METHODS["sarf"], **TINY, "skull_strip": False}, folds=[0], runner=recorder)
+    strip = {Path(o["output_dir"]).name if run_id == "run" else run_id: o["skull_strip"] for run_id, _, o in recorder.calls}
+    assert strip == {"training": False, "eval": False, "validation_stripped": True, "validation_whole_head": False}
+
+
 @pytest.mark.parametrize("fold", [0, 1])
 def test_a_folds_validation_subjects_are_left_out_of_its_training(simulated_dataset, fold):
     """configs/train.json trains on the other folds and validates on fold ``fold``: no subject in both, none left out."""
