@@ -110,6 +110,7 @@ test split, whole head (the benchmark's result), and the fold's own validation v
 the paper's protocol: has the model converged?) and whole head (how much of the gap is the domain shift?)."""
 
 FOLD_FILE = "fold.json"
+MODEL_FILE = "models/model.pt"  # configs/train.json's best checkpoint: a fold with it and its fold.json is trained
 SUMMARY_FILE = "crossval.json"
 
 Runner = Callable[..., None]
@@ -129,11 +130,11 @@ def crossval(
     and tested with ``configs/evaluate.json`` on the datalist's ``testing`` split, which writes
     ``eval/metrics.json``, ``eval/predictions.csv`` and ``eval/confusion_matrix.csv``. The model is also
     evaluated on its own validation fold, skull-stripped (``eval/validation_stripped/``) and whole head
-    (``eval/validation_whole_head/``), see :data:`FOLD_EVALUATIONS`. Then ``fold.json`` (settings, datalist
-    hash, seconds, training slices per second, the three accuracies) is written last. A fold whose
-    ``fold.json`` matches the requested settings and whose test metrics exist is not trained again, and only
-    its missing evaluations run; any other fold is trained from scratch, so an interrupted run resumes at
-    the fold it was on. ``<out>/<method>/crossval.json`` holds the mean ± std over folds
+    (``eval/validation_whole_head/``), see :data:`FOLD_EVALUATIONS`. ``fold.json`` (settings, datalist
+    hash, seconds, training slices per second) is written as soon as training ends, and completed with the
+    three accuracies when the evaluations have run. A fold whose ``fold.json`` matches the requested
+    settings and whose model exists is not trained again, and only its missing evaluations run; any other
+    fold is trained from scratch, so an interrupted run resumes at the fold, or the evaluation, it was on. ``<out>/<method>/crossval.json`` holds the mean ± std over folds
     (:func:`sarf_bundle.metrics.aggregate_folds`, ``ddof=0``) of every metric of the three evaluations.
 
     Args:
@@ -406,6 +407,8 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
             "training": _throughput(datalist, fold, settings, seconds),
             "bundle_version": bundle_version(),
         }
+        # recorded at once, so that an evaluation that fails does not cost the training on the next run
+        atomic_write_text(fold_dir / FOLD_FILE, json.dumps(record, indent=1))
     missing = {name: job for name, job in FOLD_EVALUATIONS.items() if not (fold_dir / job[0] / "metrics.json").is_file()}
     for evaluation, (folder, overrides) in missing.items():
         tick = time.time()
@@ -421,13 +424,13 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
 
 
 def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, Any], name: str) -> dict | None:
-    """The ``fold.json`` record of a fold trained and tested with these settings on this datalist, else ``None``.
+    """The ``fold.json`` record of a fold trained with these settings on this datalist, else ``None``.
 
     A fold of another bundle version is trained again: a version bump is how a change of the recipe in
     ``configs/train.json`` (which the settings, being overrides of it, do not show) is recorded.
     """
     record_file = fold_dir / FOLD_FILE
-    if not (record_file.is_file() and (fold_dir / "eval" / "metrics.json").is_file()):
+    if not (record_file.is_file() and (fold_dir / MODEL_FILE).is_file()):
         return None
     previous = json.loads(record_file.read_text())
     changes = _changes(previous.get("settings", {}), settings)

@@ -34,6 +34,10 @@ class Recorder:
         self.calls.append((run_id, overrides["fold"], overrides))
         if not self.fake:
             run_bundle(run_id, configs, **overrides)
+        elif run_id == "training":
+            model = Path(overrides["bundle_root"]) / experiments.MODEL_FILE
+            model.parent.mkdir(parents=True, exist_ok=True)
+            model.write_bytes(b"")
         elif run_id == "run":
             rng = np.random.default_rng(overrides["fold"])
             probs = rng.dirichlet(np.ones(6), size=12)
@@ -144,7 +148,7 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     # an interrupted fold (no fold.json) restarts from scratch: its old checkpoints are gone
     (tmp_path / "sarf" / "fold1" / "fold.json").unlink()
     stale = tmp_path / "sarf" / "fold1" / "models" / "latest_checkpoint_epoch=7.pt"
-    stale.parent.mkdir(parents=True)
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"")
     interrupted = Recorder(fake=True)
     run(interrupted, epochs=2)
@@ -167,6 +171,34 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     older = Recorder(fake=True)
     run(older, epochs=2)
     assert [fold for _, fold, _ in older.calls] == [1] * 4
+
+
+class FailingEvaluation(Recorder):
+    """A fake runner whose evaluation of the stripped validation fold fails."""
+
+    def __call__(self, run_id: str, configs: list[str], **overrides) -> None:
+        if Path(overrides.get("output_dir", "")).name == "validation_stripped":
+            raise RuntimeError("out of memory in the stripped validation")
+        super().__call__(run_id, configs, **overrides)
+
+
+def test_a_fold_whose_evaluation_failed_keeps_its_training(simulated_dataset, tmp_path):
+    """The record is written when training ends: the next run only runs the evaluations still missing."""
+    settings = {**METHODS["sarf"], **TINY}
+    with pytest.raises(RuntimeError, match="stripped validation"):
+        run_crossval(simulated_dataset, tmp_path / "sarf", settings, folds=[0], runner=FailingEvaluation(fake=True))
+    record = json.loads((tmp_path / "sarf" / "fold0" / "fold.json").read_text())
+    assert "train" in record["seconds"] and "accuracy" not in record and "finished" not in record
+    resumed = Recorder(fake=True)
+    run_crossval(simulated_dataset, tmp_path / "sarf", settings, folds=[0], runner=resumed)
+    assert [Path(o["output_dir"]).name for _, _, o in resumed.calls] == ["validation_stripped", "validation_whole_head"]
+    record = json.loads((tmp_path / "sarf" / "fold0" / "fold.json").read_text())
+    assert set(record["accuracy"]) == set(FOLD_EVALUATIONS) and "finished" in record
+    # without its model, the same record does not count as trained
+    (tmp_path / "sarf" / "fold0" / experiments.MODEL_FILE).unlink()
+    retrained = Recorder(fake=True)
+    run_crossval(simulated_dataset, tmp_path / "sarf", settings, folds=[0], runner=retrained)
+    assert [run_id for run_id, _, _ in retrained.calls][0] == "training"
 
 
 def test_whole_head_control_still_strips_its_stripped_validation(simulated_dataset, tmp_path):
