@@ -133,9 +133,11 @@ def crossval(
     (``eval/validation_whole_head/``), see :data:`FOLD_EVALUATIONS`. ``fold.json`` (settings, datalist
     hash, seconds, training slices per second) is written as soon as training ends, and completed with the
     three accuracies when the evaluations have run. A fold whose ``fold.json`` matches the requested
-    settings and whose model exists is not trained again, and only its missing evaluations run; any other
-    fold is trained from scratch, so an interrupted run resumes at the fold, or the evaluation, it was on. ``<out>/<method>/crossval.json`` holds the mean ± std over folds
-    (:func:`sarf_bundle.metrics.aggregate_folds`, ``ddof=0``) of every metric of the three evaluations.
+    settings and whose model (or every evaluation) exists is not trained again, and only its missing
+    evaluations run; any other fold is trained from scratch, so an interrupted run resumes at the fold, or the
+    evaluation, it was on.
+    ``<out>/<method>/crossval.json`` holds the mean ± std over folds (:func:`sarf_bundle.metrics.aggregate_folds`,
+    ``ddof=0``) of every metric of the three evaluations.
 
     Args:
         datalist: the datalist JSON (``training`` entries with a ``fold``, and a ``testing`` split).
@@ -409,7 +411,7 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
         }
         # recorded at once, so that an evaluation that fails does not cost the training on the next run
         atomic_write_text(fold_dir / FOLD_FILE, json.dumps(record, indent=1))
-    missing = {name: job for name, job in FOLD_EVALUATIONS.items() if not (fold_dir / job[0] / "metrics.json").is_file()}
+    missing = _missing_evaluations(fold_dir)
     for evaluation, (folder, overrides) in missing.items():
         tick = time.time()
         # the evaluation's own keys win: the whole-head control (skull_strip False) still strips its stripped validation
@@ -423,6 +425,11 @@ def _run_fold(fold_dir: Path, datalist: Path, digest: str, fold: int, settings: 
     return record
 
 
+def _missing_evaluations(fold_dir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The entries of :data:`FOLD_EVALUATIONS` whose ``metrics.json`` the fold does not have yet."""
+    return {name: job for name, job in FOLD_EVALUATIONS.items() if not (fold_dir / job[0] / "metrics.json").is_file()}
+
+
 def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, Any], name: str) -> dict | None:
     """The ``fold.json`` record of a fold trained with these settings on this datalist, else ``None``.
 
@@ -430,7 +437,8 @@ def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, A
     ``configs/train.json`` (which the settings, being overrides of it, do not show) is recorded.
     """
     record_file = fold_dir / FOLD_FILE
-    if not (record_file.is_file() and (fold_dir / MODEL_FILE).is_file()):
+    # without its model a fold still counts when nothing is left to evaluate (the results committed to docs/)
+    if not (record_file.is_file() and ((fold_dir / MODEL_FILE).is_file() or not _missing_evaluations(fold_dir))):
         return None
     previous = json.loads(record_file.read_text())
     changes = _changes(previous.get("settings", {}), settings)

@@ -194,8 +194,13 @@ def test_a_fold_whose_evaluation_failed_keeps_its_training(simulated_dataset, tm
     assert [Path(o["output_dir"]).name for _, _, o in resumed.calls] == ["validation_stripped", "validation_whole_head"]
     record = json.loads((tmp_path / "sarf" / "fold0" / "fold.json").read_text())
     assert set(record["accuracy"]) == set(FOLD_EVALUATIONS) and "finished" in record
-    # without its model, the same record does not count as trained
+    # a finished fold without its model (as committed to docs/results) is kept: nothing is left to evaluate
     (tmp_path / "sarf" / "fold0" / experiments.MODEL_FILE).unlink()
+    kept = Recorder(fake=True)
+    run_crossval(simulated_dataset, tmp_path / "sarf", settings, folds=[0], runner=kept)
+    assert kept.calls == []
+    # but with an evaluation missing and no model to run it with, the fold is trained again
+    shutil.rmtree(tmp_path / "sarf" / "fold0" / "eval" / "validation_whole_head")
     retrained = Recorder(fake=True)
     run_crossval(simulated_dataset, tmp_path / "sarf", settings, folds=[0], runner=retrained)
     assert [run_id for run_id, _, _ in retrained.calls][0] == "training"
