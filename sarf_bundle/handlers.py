@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import SEQUENCES
 from .data import VolumeOutput, volume_probabilities
-from .dicom import BIDS_NAMES, header_sequence
+from .headers import BIDS_NAMES, header_sequence
 from .files import atomic_write_text, finish_claims, locked, shared_run
 from .metrics import classification_metrics
 
@@ -274,7 +274,7 @@ class PredictionWriter:
     (temperature-scaled) confidence is below ``confidence_threshold``, when the input does not look like a
     head, or when a DICOM header suggests another sequence; ``message`` lists each reason. ``bids_name``
     is the BIDS suffix the predicted sequence suggests; ``header_sequence`` is what a DICOM series'
-    header suggests (:func:`sarf_bundle.dicom.header_sequence`), and ``header_agrees`` ``yes``/``no``
+    header suggests (:func:`sarf_bundle.headers.header_sequence`), and ``header_agrees`` ``yes``/``no``
     (empty when there is no header or it cannot tell). Rows already in the CSV (from an interrupted run)
     are kept, so a restarted run only adds the missing inputs; rows that a crash cut short are dropped, and their
     inputs classified again.
