@@ -267,9 +267,8 @@ class PredictionWriter:
     Columns (:func:`sarf_bundle.prediction.csv_columns`): ``file, sequence, p_<class>..., confidence, status,
     message, bids_name, header_sequence, header_agrees``, as :func:`sarf_bundle.prediction.decide` decides them
     (the status ``ok``, ``uncertain`` or ``error`` and its reasons; the same decision as MONAI Label's and the
-    Python API's). Rows already in the CSV (from an interrupted run)
-    are kept, so a restarted run only adds the missing inputs; rows that a crash cut short are dropped, and their
-    inputs classified again.
+    Python API's). Rows already in the CSV (from an interrupted run) are kept, so a restarted run only adds the
+    missing inputs; rows that a crash cut short are dropped, and their inputs classified again.
 
     Several runs may write one CSV at once: each reads, merges and writes it under a lock on its folder
     (:func:`sarf_bundle.files.locked`), so no run overwrites the rows of another. With ``claims`` (the folder the

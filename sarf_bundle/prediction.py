@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import SEQUENCES
-from .dicom import BIDS_NAMES, header_sequence
+from .headers import BIDS_NAMES, header_sequence
 
 __all__ = ["STATUSES", "Prediction", "csv_columns", "decide", "failed"]
 
@@ -46,7 +46,7 @@ class Prediction:
         status: one of :data:`STATUSES`.
         message: the reasons for the status and the preprocessing's note, ``"; "``-separated.
         probabilities: the probability of each class by name, in class order (empty for an error).
-        header_sequence: the sequence a DICOM header suggests (:func:`sarf_bundle.dicom.header_sequence`), or "".
+        header_sequence: the sequence a DICOM header suggests (:func:`sarf_bundle.headers.header_sequence`), or "".
         header_agrees: ``"yes"``/``"no"`` when the header suggests a sequence, else "".
     """
 
@@ -116,7 +116,7 @@ def decide(
         confidence_threshold: below this top probability the status is ``uncertain``.
         note: what the preprocessing did that the user should know (e.g. a 4D reduction); leads the message.
         warning: why the input may not be a head (from the preprocessing's checks), or "".
-        header: the DICOM header summary of a series (:func:`sarf_bundle.dicom.header_summary`), as a mapping or
+        header: the DICOM header summary of a series (:func:`sarf_bundle.headers.header_summary`), as a mapping or
             its JSON text; ``None`` or "" for a file without one.
 
     Raises:
