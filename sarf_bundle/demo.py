@@ -96,8 +96,8 @@ def run_demo(
         results[method] = json.loads((root / "eval" / "metrics.json").read_text())
     inputs = out / "inference_input"
     inputs.mkdir(exist_ok=True)
-    for entry in json.loads(Path(datalist).read_text())["testing"]:
-        shutil.copy(out / "data" / entry["image"], inputs / Path(entry["image"]).name)
+    for entry in load_datalist(datalist, "testing"):
+        shutil.copy(entry["image"], inputs / Path(entry["image"]).name)
     (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
     tick = time.time()
     synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
