@@ -128,7 +128,7 @@ class SaRFLoss(_Loss):
 
     Raises:
         ValueError: when ``alpha``, ``beta`` or ``gamma`` is negative, or ``base`` or ``saliency`` is unknown.
-        TypeError: when ``network`` is not a MONAI ``ResNet`` with average pooling and ``fc``.
+        TypeError: when ``network`` is not a MONAI ``ResNet`` with a final ``fc`` layer.
 
     Example:
         >>> from sarf_bundle.networks import SaliencyResNet

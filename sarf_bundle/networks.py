@@ -186,7 +186,7 @@ class SaliencyRecorder:
     for SaRF training.
 
     Args:
-        network: a MONAI ``ResNet`` with ``layer4``, average pooling and ``fc``, e.g. a
+        network: a MONAI ``ResNet`` with a final ``fc`` layer, e.g. a
             :class:`SaliencyResNet`; the module inside a ``DistributedDataParallel`` or ``DataParallel``
             wrapper is used.
 
@@ -204,9 +204,9 @@ class SaliencyRecorder:
 
     def __init__(self, network: nn.Module) -> None:
         network = getattr(network, "module", network)
-        if not isinstance(network, ResNet) or network.fc is None or network.avgpool is None:
+        if not isinstance(network, ResNet) or network.fc is None:
             raise TypeError(
-                f"SaliencyRecorder needs a MONAI ResNet with average pooling and fc (e.g. sarf_bundle.networks.SaliencyResNet), "
+                f"SaliencyRecorder needs a MONAI ResNet with a final fc layer (e.g. sarf_bundle.networks.SaliencyResNet), "
                 f"got {type(network).__name__}."
             )
         self.network = network

@@ -152,7 +152,7 @@ def test_saliency_without_registered_hooks_raises():
 
 @pytest.mark.parametrize("network", [torch.nn.Linear(2, 2), ResNet("basic", [1, 1, 1, 1], [8, 8, 8, 8], feed_forward=False)])
 def test_recorder_needs_a_resnet_with_fc(network):
-    with pytest.raises(TypeError, match=r"MONAI ResNet with average pooling and fc .*got (Linear|ResNet)\."):
+    with pytest.raises(TypeError, match=r"MONAI ResNet with a final fc layer .*got (Linear|ResNet)\."):
         SaliencyRecorder(network)
 
 
