@@ -33,9 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, verdict  # noqa: E402
 
-from sarf_bundle.dicom import write_dicom_series  # noqa: E402
+from sarf_bundle.simulation.dicom_writer import write_dicom_series  # noqa: E402
 
 SLICES_PER_SERIES = 100
+ACQUISITION = {"RepetitionTime": 500.0, "EchoTime": 10.0, "FlipAngle": 90.0, "PixelBandwidth": 150.0}  # a T1 spin echo
 TIME_GOAL = 1.5
 MEMORY_GOAL_KB = 8.0
 
@@ -61,7 +62,8 @@ def make_folder(folder: Path, n_files: int) -> dict[str, int]:
     for s in range(n_series + (last > 0)):
         slices = SLICES_PER_SERIES if s < n_series else last
         sub = folder / f"batch{s * SLICES_PER_SERIES // 900:03d}" / f"series{s:04d}"
-        write_dicom_series(rng.integers(0, 1000, (16, 16, slices)).astype(np.uint16), affine, sub, {"SeriesDescription": f"s{s}"})
+        write_dicom_series(rng.integers(0, 1000, (16, 16, slices)).astype(np.uint16), affine, sub, {**ACQUISITION, "SeriesDescription": f"s{s}"},
+                           series_number=s + 1)
     volumes = 0
     for i in range(n_other):
         sub = folder / f"batch{i // 100:03d}"

@@ -14,6 +14,7 @@ from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser, run
 
 from .files import atomic_torch_save
+from .prediction import Prediction, decide, failed
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -212,6 +213,7 @@ class InferenceBundle:
         device: where the network runs.
         temperature: divides the logits before the softmax, as in inference (``calibration.json`` beside the
             checkpoint; 1.0 without one).
+        confidence_threshold: below this confidence a prediction is ``uncertain`` (the config's).
     """
 
     network: torch.nn.Module
@@ -220,6 +222,12 @@ class InferenceBundle:
     percentiles: list[float]
     device: torch.device
     temperature: float = 1.0
+    confidence_threshold: float = 0.0
+
+    def _read(self, source: str | Path | Any) -> dict:
+        from .data import InferenceDataset
+
+        return InferenceDataset([{"image": source}], self.preprocessing, placeholder_shape=(0,))[0]
 
     def load(self, path: str | Path) -> torch.Tensor:
         """Preprocess one volume to its slice stack ``(S, H, W)`` (float32, on CPU).
@@ -227,12 +235,32 @@ class InferenceBundle:
         Raises:
             ValueError: naming the file and the problem, when it cannot be read or preprocessed.
         """
-        from .data import InferenceDataset
-
-        item = InferenceDataset([{"image": str(path)}], self.preprocessing, placeholder_shape=(0,))[0]
+        item = self._read(path)
         if item["status"] != "ok":
             raise ValueError(f"{path}: {item['message']}")
         return item["image"]
+
+    def classify(self, source: str | Path | Any) -> Prediction:
+        """Classify one volume (a NIfTI file or a :class:`~sarf_bundle.dicom.DicomSeries`) as folder inference does.
+
+        The answer is :func:`sarf_bundle.prediction.decide`'s, from the temperature-scaled probabilities and the
+        config's threshold: the same sequence, confidence, status and message as the volume's row in the CSV of
+        ``configs/inference.json`` and MONAI Label's answer. An input that cannot be read is not raised but
+        returned with status ``error`` and the reason.
+        """
+        from .data import volume_probabilities
+
+        item = self._read(source)
+        if item["status"] != "ok":
+            return failed(item["filename"], item["message"])
+        stack = item["image"]
+        with torch.no_grad():
+            logits = self.network(stack[:, None].to(self.device))
+        probabilities = volume_probabilities(logits / self.temperature, stack.shape[0])[0].tolist()
+        return decide(
+            item["filename"], probabilities, self.class_names, self.confidence_threshold,
+            note=item["message"], warning=item["warning"], header=item["header"],
+        )  # fmt: skip
 
 
 def save_checkpoint(network: torch.nn.Module, path: str | Path, **overrides) -> None:
@@ -296,4 +324,5 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
         percentiles=list(parser.get_parsed_content("percentiles")),
         device=device,
         temperature=float(parser.get_parsed_content("temperature")),
+        confidence_threshold=float(parser.get_parsed_content("confidence_threshold")),
     )

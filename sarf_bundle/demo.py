@@ -96,8 +96,8 @@ def run_demo(
         results[method] = json.loads((root / "eval" / "metrics.json").read_text())
     inputs = out / "inference_input"
     inputs.mkdir(exist_ok=True)
-    for entry in json.loads(Path(datalist).read_text())["testing"]:
-        shutil.copy(out / "data" / entry["image"], inputs / Path(entry["image"]).name)
+    for entry in load_datalist(datalist, "testing"):
+        shutil.copy(entry["image"], inputs / Path(entry["image"]).name)
     (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
     tick = time.time()
     synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
@@ -176,7 +176,7 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
     import nibabel as nib
     from pydicom.uid import generate_uid
 
-    from .dicom import write_dicom_series
+    from .simulation.dicom_writer import protocol_header, write_dicom_series
 
     model = BUNDLE_ROOT / "models" / "model.pt"
     if not model.is_file():
@@ -198,9 +198,15 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
             continue
         if as_dicom:
             image = nib.load(source)
-            header = {"SeriesDescription": DICOM_SERIES[entry["sequence"]], "PatientID": first}
+            header = {
+                **protocol_header(entry["acquisition"]),
+                "SeriesDescription": DICOM_SERIES[entry["sequence"]],
+                "PatientID": first,
+                "StudyInstanceUID": generate_uid(entropy_srcs=[str(seed), first]),  # one study, as the series share a subject
+            }
             uid = generate_uid(entropy_srcs=[str(seed), entry["image"]])  # the same series again when the demo reruns
-            write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, target, header=header, series_uid=uid)
+            number = list(DICOM_SERIES).index(entry["sequence"]) + 1
+            write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, target, header, series_number=number, series_uid=uid)
         else:
             shutil.copy(source, target)
     if not list(inputs.glob("unknown-*_PD.nii.gz")):

@@ -40,7 +40,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from .bundle import bundle_version, config_file, run_bundle  # noqa: E402
 from .files import atomic_write_text  # noqa: E402
 from .data import load_datalist  # noqa: E402
-from .metrics import aggregate_folds  # noqa: E402
+from .metrics import aggregate_folds, summary_value  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -58,15 +58,15 @@ __all__ = [
 
 METHODS: dict[str, dict[str, Any]] = {
     "baseline": {"alpha": 0.0, "beta": 0.0, "base_loss": "ce", "saliency": "dtd"},
-    "sarf": {"alpha": 5.0, "beta": 0.5, "base_loss": "ce", "saliency": "dtd"},
     "focal": {"alpha": 0.0, "beta": 0.0, "base_loss": "focal", "saliency": "dtd"},
-    "sarf-focal": {"alpha": 5.0, "beta": 0.5, "base_loss": "focal", "saliency": "dtd"},
+    "sarf": {"alpha": 5.0, "beta": 0.5, "base_loss": "ce", "saliency": "dtd"},
     "sarf-gradcam": {"alpha": 5.0, "beta": 0.5, "base_loss": "ce", "saliency": "gradcam"},
+    "sarf-focal": {"alpha": 5.0, "beta": 0.5, "base_loss": "focal", "saliency": "dtd"},
     "alpha-only": {"alpha": 5.0, "beta": 0.0, "base_loss": "ce", "saliency": "dtd"},
     "beta-only": {"alpha": 0.0, "beta": 0.5, "base_loss": "ce", "saliency": "dtd"},
 }
 """The methods of the paper (section 3.4) as overrides of ``configs/train.json``: the loss weights,
-the base loss (cross-entropy or focal) and the saliency (DTD or GradCAM)."""
+the base loss (cross-entropy or focal) and the saliency (DTD or GradCAM); reports list them in this order."""
 
 PAPER_GRID: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 """The values of alpha and of beta in the paper's sweep (section 3.4, Figs. 5c and 6)."""
@@ -217,7 +217,7 @@ def run_crossval(
         "datalist": str(datalist),
         "datalist_sha256": digest,
         "folds": selected,
-        "headline": {key: _lookup(summary, path) for key, path in HEADLINE.items()},
+        "headline": {key: summary_value(summary, path) for key, path in HEADLINE.items()},
         "validation_accuracy": {evaluation: validation["accuracy"] for evaluation, validation in summaries.items()},
         "metrics": summary,
         "validation_metrics": summaries,
@@ -245,12 +245,13 @@ def fold_ids(datalist: str | os.PathLike, folds: int | Sequence[int] | None = No
     datalist = Path(datalist)
     if datalist.is_dir():
         raise FileNotFoundError(f"Datalist {datalist} is a folder: name the datalist JSON in it, e.g. {datalist / 'datalist.json'}.")
-    if not datalist.is_file():
-        raise FileNotFoundError(f"Datalist {datalist} does not exist; create one with `python -m sarf_bundle synth --out DIR`.")
-    entries = json.loads(datalist.read_text()).get("training", [])
+    try:
+        entries = load_datalist(datalist, "training")
+    except (KeyError, ValueError):  # no split, or an empty one; a missing file raises FileNotFoundError as it is
+        entries = []
     if not entries:
         raise ValueError(f"Datalist {datalist} has no 'training' entries to cross-validate.")
-    unfolded = [e.get("image") for e in entries if "fold" not in e]
+    unfolded = [os.path.relpath(e["image"], datalist.parent) for e in entries if "fold" not in e]
     if unfolded:
         raise ValueError(f"Datalist {datalist}: every 'training' entry needs a 'fold' for cross-validation; {len(unfolded)} have none, e.g. {unfolded[:3]}.")
     available = sorted({int(e["fold"]) for e in entries})
@@ -377,7 +378,7 @@ def sweep_heatmaps(
         cells = [f"{alpha:g}", f"{beta:g}", str(len(summary["folds"])) if summary else ""]
         for key, (path, _) in HEATMAP_METRICS.items():
             if summary:
-                stats = _lookup(summary["metrics"], path)
+                stats = summary_value(summary["metrics"], path)
                 grids[key][i, j] = stats["mean"], stats["std"]
             cells += ["" if math.isnan(v) else f"{v:.6f}" for v in grids[key][i, j]]
         rows.append(",".join(cells))
@@ -549,12 +550,6 @@ def _cli_value(value: Any) -> str:
 def _finished_job(job_dir: Path) -> dict | None:
     path = job_dir / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _lookup(tree: dict, path: Sequence[str]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def _draw_heatmap(values: np.ndarray, alphas: Sequence[float], betas: Sequence[float], title: str, path: Path) -> None:

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from . import SEQUENCES
 from .data import VolumeOutput, volume_probabilities
-from .dicom import BIDS_NAMES, header_sequence
 from .files import atomic_write_text, finish_claims, locked, shared_run
 from .metrics import classification_metrics
+from .prediction import STATUSES, Prediction, csv_columns, decide, failed
 
 __all__ = [
     "BestModelState",
@@ -184,10 +184,6 @@ class ClassificationReport:
         )
 
 
-STATUSES = ("ok", "uncertain", "error")
-"""The statuses of an inference row (:class:`PredictionWriter`)."""
-
-
 def read_prediction_csv(path: str | Path) -> list[dict[str, str]]:
     """The complete rows of an inference CSV (empty when the file does not exist).
 
@@ -268,16 +264,11 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]
 class PredictionWriter:
     """Write one CSV row per input during inference, atomically after every batch.
 
-    Columns: ``file, sequence, p_<class>..., confidence, status, message, bids_name, header_sequence,
-    header_agrees``. ``status`` is ``error`` (the input could not be read or checked; ``message`` says why
-    and ``sequence`` is empty), ``uncertain`` or ``ok``. A prediction is ``uncertain`` when its
-    (temperature-scaled) confidence is below ``confidence_threshold``, when the input does not look like a
-    head, or when a DICOM header suggests another sequence; ``message`` lists each reason. ``bids_name``
-    is the BIDS suffix the predicted sequence suggests; ``header_sequence`` is what a DICOM series'
-    header suggests (:func:`sarf_bundle.dicom.header_sequence`), and ``header_agrees`` ``yes``/``no``
-    (empty when there is no header or it cannot tell). Rows already in the CSV (from an interrupted run)
-    are kept, so a restarted run only adds the missing inputs; rows that a crash cut short are dropped, and their
-    inputs classified again.
+    Columns (:func:`sarf_bundle.prediction.csv_columns`): ``file, sequence, p_<class>..., confidence, status,
+    message, bids_name, header_sequence, header_agrees``, as :func:`sarf_bundle.prediction.decide` decides them
+    (the status ``ok``, ``uncertain`` or ``error`` and its reasons; the same decision as MONAI Label's and the
+    Python API's). Rows already in the CSV (from an interrupted run) are kept, so a restarted run only adds the
+    missing inputs; rows that a crash cut short are dropped, and their inputs classified again.
 
     Several runs may write one CSV at once: each reads, merges and writes it under a lock on its folder
     (:func:`sarf_bundle.files.locked`), so no run overwrites the rows of another. With ``claims`` (the folder the
@@ -316,10 +307,7 @@ class PredictionWriter:
         self.class_names = list(class_names)
         self.confidence_threshold = confidence_threshold
         self.temperature = temperature
-        self.columns = [
-            "file", "sequence", *[f"p_{c}" for c in self.class_names], "confidence", "status", "message",
-            "bids_name", "header_sequence", "header_agrees",
-        ]  # fmt: skip
+        self.columns = csv_columns(self.class_names)
         self.progress = progress
         self._resumed = 0
         self._written = 0
@@ -381,7 +369,7 @@ class PredictionWriter:
         names = _filenames(batch, len(probs))
         column = lambda key, default="": batch.get(key, [default] * len(probs))  # noqa: E731
         rows = [
-            self._row(name, p, status, message, warning, header)
+            self._prediction(name, p, status, message, warning, header).as_row()
             for name, p, status, message, warning, header in zip(
                 names, probs, column("status", "ok"), column("message"), column("warning"), column("header")
             )
@@ -398,22 +386,7 @@ class PredictionWriter:
         if self._bar is not None:
             self._bar.update(len(probs))
 
-    def _row(self, name: str, p: np.ndarray, status: str, message: str, warning: str, header: str) -> dict[str, str]:
-        row = {"file": name, "status": status, "message": message}
+    def _prediction(self, name: str, p: np.ndarray, status: str, message: str, warning: str, header: str) -> Prediction:
         if status == "error":
-            return row
-        sequence, confidence = self.class_names[int(p.argmax())], float(p.max())
-        row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(self.class_names, p)})
-        row.update(sequence=sequence, confidence=f"{confidence:.6f}", bids_name=BIDS_NAMES.get(sequence, ""))
-        reasons = [warning] if warning else []
-        if confidence < self.confidence_threshold:
-            reasons.append(f"confidence {confidence:.2f} is below the threshold {self.confidence_threshold:g}")
-        if header:
-            suggested, why = header_sequence(json.loads(header))
-            if suggested is not None:
-                row.update(header_sequence=suggested, header_agrees="yes" if suggested == sequence else "no")
-                if suggested != sequence:
-                    reasons.append(f"the DICOM header suggests {suggested} ({why})")
-        row["status"] = "uncertain" if reasons else "ok"
-        row["message"] = "; ".join(m for m in [message, *reasons] if m)
-        return row
+            return failed(name, message)
+        return decide(name, p, self.class_names, self.confidence_threshold, note=message, warning=warning, header=header)

@@ -5,14 +5,10 @@ A folder from a hospital holds NIfTI files, DICOM series, 4D series and broken f
 refuses what cannot be classified with a :class:`VolumeError` that says what is wrong, and warns (the
 status becomes ``uncertain``) about what looks like no head at all. Both have dictionary twins.
 
-The 4D rule (a DWI with several b-values, a multi-echo or a time series):
-
-- DICOM series: decided per series when the folder is scanned, see :func:`sarf_bundle.dicom.find_dicom_series`
-  (highest b-value of a DWI, last echo of a multi-echo series, else the first volume).
-- NIfTI ``(X, Y, Z, T)``: with an FSL ``.bval`` sidecar (``name.bval`` beside ``name.nii.gz``, one b-value
-  per volume), the mean of the volumes at the highest b-value (the trace-weighted image the model knows as
-  DWI); without one, the last volume (the last echo of a multi-echo series, a high b-value of a DWI stored
-  b=0 first).
+A 4D input (a DWI with several b-values, a multi-echo or a time series) is reduced to one volume by the 4D rule of
+:mod:`sarf_bundle.reduce_4d`: a DICOM series when the folder is scanned (:func:`sarf_bundle.dicom.find_dicom_series`),
+a NIfTI ``(X, Y, Z, T)`` here, with the b-values of its FSL ``.bval`` sidecar (``name.bval`` beside
+``name.nii.gz``, one b-value per volume) when it has one.
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from monai.transforms import MapTransform, Transform
 
 from .dicom import DicomSeries, read_series
 from .files import image_loader
+from .reduce_4d import ImageTags, reduce_4d
 from .transforms import foreground_mask
 
 __all__ = [
@@ -172,7 +169,7 @@ class Float32NibabelReader(NibabelReader):
 
 
 class LoadVolume(Transform):
-    """Read a NIfTI file or a DICOM series as one volume ``(1, X, Y, Z)``, applying the 4D rule (module notes).
+    """Read a NIfTI file or a DICOM series as one volume ``(1, X, Y, Z)``, applying the 4D rule (:mod:`sarf_bundle.reduce_4d`).
 
     NIfTI goes through MONAI's ``LoadImage`` with :class:`Float32NibabelReader` (one float32 copy), DICOM through MONAI's ``PydicomReader``
     (:func:`sarf_bundle.dicom.read_series`). The result is a float32 ``MetaTensor`` with its affine; its
@@ -199,20 +196,19 @@ class LoadVolume(Transform):
             dim = [int(v) for v in np.asarray(image.meta["dim"]).reshape(-1)]
             raise VolumeError(f"{dim[0]}D image of shape {tuple(dim[1 : dim[0] + 1])}: only 3D and 4D volumes are read")
         if image.ndim == 4 and image.shape[0] > 1:
-            volumes = image.shape[0]
-            bvals = bvals_of(source)
-            if bvals is not None:
-                if len(bvals) != volumes:
-                    raise VolumeError(f"the .bval sidecar lists {len(bvals)} b-values for {volumes} volumes")
-                top = max(bvals)
-                keep = [i for i, b in enumerate(bvals) if b == top]
-                image = image[keep].mean(dim=0, keepdim=True)
-                note = f"4D: mean of the {len(keep)} volume(s) at b={top:g} of {volumes} (b-values {sorted(set(bvals))})"
-            else:
-                image = image[-1:]
-                note = f"4D: last of {volumes} volumes"
+            image, note = _reduce_nifti(image, bvals_of(source))
         image.meta["sarf_note"] = note
         return image
+
+
+def _reduce_nifti(image: MetaTensor, bvals: list[float] | None) -> tuple[MetaTensor, str]:
+    """The 4D rule on the volumes ``(T, X, Y, Z)`` of a NIfTI, with the b-values of its sidecar: one volume and the note."""
+    volumes = image.shape[0]
+    if bvals is not None and len(bvals) != volumes:
+        raise VolumeError(f"the .bval sidecar lists {len(bvals)} b-values for {volumes} volumes")
+    tags = [ImageTags(b=None if bvals is None else bvals[t]) for t in range(volumes)]
+    (keep,), steps = reduce_4d(range(volumes), tags.__getitem__, lambda kept: [list(kept)], "volumes")
+    return image[keep].mean(dim=0, keepdim=True), "4D: " + "; ".join(steps)
 
 
 class LoadVolumed(MapTransform):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from .networks import SALIENCY_METHODS
+from .networks import SALIENCY_METHODS, SaliencyRecorder
 
 __all__ = ["SaRFLoss", "saliency_distinctiveness", "saliency_feature_consistency"]
 
@@ -94,29 +94,41 @@ class SaRFLoss(_Loss):
     under each class's GradCAM map, a ``(B, K, 512)`` vector like DTD's, so that ``L_sd`` is the mean
     ``|cos(S_i, S_j)|`` over class pairs and ``L_sf`` compares each ``S_i`` with ``f`` exactly as for DTD.
 
-    Saliency and features are either passed to ``forward`` or taken from ``network``, a
-    :class:`sarf_bundle.networks.SaliencyResNet` (possibly wrapped in ``DistributedDataParallel``)
-    that has just computed ``input`` on the same batch. The network is held by reference and not
-    registered as a submodule, so ``state_dict``, ``to`` and ``train`` of the loss leave it alone.
-    With ``alpha = beta = 0`` the loss is exactly the base loss and no network is needed; the
-    regularisers are then still computed for logging when a network is given.
-
-    After each call, ``last_terms`` holds the detached terms ``{"base", "sd", "sf", "total"}`` as
-    floats (``nan`` for a term that could not be computed).
+    How the loss reaches the network: MONAI's ``SupervisedTrainer`` (and the evaluator's ignite
+    ``Loss`` metric) call ``loss_function(y_pred, y)`` with the logits and labels only, so the
+    saliency and feature of the batch cannot be passed in. The loss therefore owns ``recorder``, a
+    :class:`sarf_bundle.networks.SaliencyRecorder` that it builds on ``network`` and registers: its
+    hooks on ``network.fc`` and ``network.layer4`` keep the pooled feature and the last block's
+    activation of the network's latest forward pass, from which it computes the saliency. The
+    network must have computed ``input`` on the same batch just before the call; a recorder that has
+    seen no forward pass, or one of another batch size, raises. Saliency and features passed to
+    ``forward`` are used instead. The recorder is a plain attribute, not a submodule, so
+    ``state_dict``, ``to`` and ``train`` of the loss leave the network alone;
+    ``loss.recorder.remove()`` detaches its hooks. With ``alpha = beta = 0`` the loss is exactly the
+    base loss and no network is needed; the regularisers are then still computed for logging when a
+    network is given.
 
     Args:
         alpha: weight of the saliency distinctiveness loss; the paper uses 5.
         beta: weight of the saliency-feature consistency loss; the paper uses 0.5.
         base: ``"ce"`` for cross-entropy, ``"focal"`` for the multi-class focal loss.
         gamma: focusing parameter of the focal loss (``gamma = 0`` gives cross-entropy).
-        network: the network whose latest forward pass provides saliency and features.
-        saliency: saliency method taken from ``network``: ``"dtd"`` (Deep Taylor Decomposition at the
+        network: the network whose latest forward pass provides saliency and features, a MONAI
+            ``ResNet`` such as :class:`sarf_bundle.networks.SaliencyResNet`, possibly wrapped in
+            ``DistributedDataParallel``.
+        saliency: saliency method computed by ``recorder``: ``"dtd"`` (Deep Taylor Decomposition at the
             last layer) or ``"gradcam"`` (GradCAM at the last residual block). Saliency passed to
             ``forward`` is used as given.
 
+    Attributes:
+        recorder: the :class:`sarf_bundle.networks.SaliencyRecorder` on ``network``, registered; None
+            without a network.
+        last_terms: after each call, the detached terms ``{"base", "sd", "sf", "total"}`` as floats
+            (``nan`` for a term that could not be computed).
+
     Raises:
         ValueError: when ``alpha``, ``beta`` or ``gamma`` is negative, or ``base`` or ``saliency`` is unknown.
-        TypeError: when ``network`` does not record saliency and features.
+        TypeError: when ``network`` is not a MONAI ``ResNet`` with a final ``fc`` layer.
 
     Example:
         >>> from sarf_bundle.networks import SaliencyResNet
@@ -144,17 +156,14 @@ class SaRFLoss(_Loss):
             raise ValueError(f"Unknown base loss {base!r}; options are {BASE_LOSSES}.")
         if saliency not in SALIENCY_METHODS:
             raise ValueError(f"Unknown saliency method {saliency!r}; options are {SALIENCY_METHODS}.")
-        if network is not None and not hasattr(getattr(network, "module", network), "saliency_and_features"):
-            raise TypeError(
-                f"network must record saliency and features (sarf_bundle.networks.SaliencyResNet), "
-                f"got {type(network).__name__}."
-            )
         self.alpha = alpha
         self.beta = beta
         self.base = base
         self.gamma = gamma
         self.saliency_method = saliency
-        self.__dict__["network"] = network
+        self.recorder = None if network is None else SaliencyRecorder(network)
+        if self.recorder is not None:
+            self.recorder.register()
         self.last_terms: dict[str, float] = {}
 
     def forward(
@@ -169,8 +178,8 @@ class SaRFLoss(_Loss):
         Args:
             input: logits, shape ``(B, K)``.
             target: class indices, shape ``(B,)`` or ``(B, 1)``, integer or float with integer values.
-            saliency: saliency vectors ``(B, K, D)``; taken from ``network`` when omitted.
-            features: penultimate features ``(B, D)``; taken from ``network`` when omitted.
+            saliency: saliency vectors ``(B, K, D)``; computed by ``recorder`` when omitted.
+            features: penultimate features ``(B, D)``; taken from ``recorder`` when omitted.
 
         Returns:
             Scalar loss.
@@ -179,7 +188,7 @@ class SaRFLoss(_Loss):
             ValueError: when ``target`` is not ``(B,)`` or ``(B, 1)``, or only one of ``saliency``
                 and ``features`` is given.
             RuntimeError: when ``alpha`` or ``beta`` is positive and saliency and features are
-                neither given nor available from ``network``, or they belong to another batch.
+                neither given nor recorded, or they belong to another batch.
         """
         target = self._class_indices(input, target)
         base = F.cross_entropy(input, target) if self.base == "ce" else focal_loss(input, target, self.gamma)
@@ -213,8 +222,8 @@ class SaRFLoss(_Loss):
         if (saliency is None) != (features is None):
             raise ValueError("Pass both saliency and features to SaRFLoss, or neither.")
         required = self.alpha > 0 or self.beta > 0
-        if saliency is None and self.network is not None:
-            saliency, features = getattr(self.network, "module", self.network).saliency_and_features(self.saliency_method)
+        if saliency is None and self.recorder is not None:
+            saliency, features = self.recorder.saliency_and_features(self.saliency_method)
         if saliency is None:
             if required:
                 raise RuntimeError(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "classification_metrics",
     "expected_calibration_error",
     "reliability_bins",
+    "summary_value",
 ]
 
 FAMILIES: dict[str, str] = {"multiclass": "multiclass (argmax)", "ovr_threshold": "one-vs-rest at 0.5"}
@@ -241,3 +243,14 @@ def aggregate_folds(fold_metrics: Sequence[dict], ddof: int = 0) -> dict:
             for row in [*first["class_names"], "mean"]
         }
     return out
+
+
+def summary_value(summary: dict, path: Sequence[str]) -> Any:
+    """The entry of a nested summary (as :func:`aggregate_folds` writes it) at ``path``, e.g. ``("multiclass", "mean", "f1")``.
+
+    Raises:
+        KeyError: naming the first key of ``path`` that is missing.
+    """
+    for key in path:
+        summary = summary[key]
+    return summary

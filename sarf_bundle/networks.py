@@ -1,14 +1,15 @@
-"""The SaRF classifier: a MONAI ResNet18 that exposes its penultimate feature and its class saliency.
+"""The SaRF classifier, a MONAI ResNet18, and the recorder of its penultimate feature and class saliency.
 
 You, Wiest, Reyes, "SaRF: Saliency regularized feature learning improves MRI sequence
 classification", Computer Methods and Programs in Biomedicine, 2023, sections 2.2 and 3.4. The
 saliency is the paper's Deep Taylor Decomposition (:func:`dtd_saliency`) or, as the paper's
-ablation, GradCAM (:func:`gradcam_saliency`).
+ablation, GradCAM (:func:`gradcam_saliency`). :class:`SaliencyResNet` is a plain ResNet;
+:class:`SaliencyRecorder` attaches the hooks that keep what the saliency needs from its forward
+pass, and removes them.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -17,10 +18,10 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
-__all__ = ["SaliencyResNet", "dtd_saliency", "gradcam_saliency", "SALIENCY_METHODS"]
+__all__ = ["SaliencyRecorder", "SaliencyResNet", "dtd_saliency", "gradcam_saliency", "SALIENCY_METHODS"]
 
 SALIENCY_METHODS = ("dtd", "gradcam")
-"""Saliency methods of :meth:`SaliencyResNet.saliency_and_features` and :class:`sarf_bundle.losses.SaRFLoss`."""
+"""Saliency methods of :meth:`SaliencyRecorder.saliency_and_features` and :class:`sarf_bundle.losses.SaRFLoss`."""
 
 
 def dtd_saliency(features: torch.Tensor, weight: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -122,18 +123,13 @@ def gradcam_saliency(activation: torch.Tensor, head: Callable[[torch.Tensor], to
 
 
 class SaliencyResNet(ResNet):
-    """ResNet18 (MONAI ``ResNet``, basic blocks, layers 2-2-2-2) that records what its saliency needs.
+    """ResNet18 (MONAI ``ResNet``, basic blocks, layers 2-2-2-2): the SaRF classifier.
 
-    A forward pre-hook on ``fc`` stores the average-pooled feature ``f`` (``(B, 512)``,
-    non-negative) of the latest forward pass in ``self.features``, and a forward hook on ``layer4``
-    stores the activation of the last residual block (``(B, 512, h, w)``) in ``self.activation``,
-    both with their autograd graph, so that losses such as :class:`sarf_bundle.losses.SaRFLoss` can
-    backpropagate through them. ``forward`` returns only the logits, and the state dict keys are
-    MONAI's own (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``), so MONAI trainers,
-    evaluators, checkpoints and exporters work unchanged. ``torch.jit.trace`` keeps the hooks out of
-    the trace; ``torch.jit.script`` scripts a copy without them (see ``__prepare_scriptable__``).
-    Neither exported module records anything. Under ``DataParallel`` the replicas overwrite each
-    other's records, so use ``DistributedDataParallel`` for SaRF training.
+    A plain MONAI ``ResNet`` with the paper's settings: ``forward`` returns the logits, nothing is
+    recorded, and the state dict keys are MONAI's own (``conv1``, ``bn1``, ``layer1`` ... ``layer4``,
+    ``fc``), so MONAI trainers, evaluators, checkpoints, TorchScript and ONNX exporters work
+    unchanged. Its saliency comes from a :class:`SaliencyRecorder` attached to it, which
+    :class:`sarf_bundle.losses.SaRFLoss` owns.
 
     Args:
         spatial_dims: number of spatial dimensions of the input (2 for slices).
@@ -145,9 +141,8 @@ class SaliencyResNet(ResNet):
 
     Example:
         >>> net = SaliencyResNet()
-        >>> logits = net(torch.randn(2, 1, 64, 64))
-        >>> net.features.shape, net.saliency().shape, net.saliency("gradcam").shape
-        (torch.Size([2, 512]), torch.Size([2, 6, 512]), torch.Size([2, 6, 512]))
+        >>> net(torch.randn(2, 1, 64, 64)).shape
+        torch.Size([2, 6])
 
         In a bundle config: ``{"_target_": "sarf_bundle.networks.SaliencyResNet", "num_classes": 6}``.
     """
@@ -172,10 +167,80 @@ class SaliencyResNet(ResNet):
             no_max_pool=no_max_pool,
             num_classes=num_classes,
         )
+
+
+class SaliencyRecorder:
+    """Records what the SaRF saliency needs from a MONAI ``ResNet``'s forward passes, through hooks it owns.
+
+    While registered, a forward pre-hook on ``fc`` keeps the average-pooled feature ``f``
+    (``(B, 512)``, non-negative) of the network's latest forward pass in ``features``, and a forward
+    hook on ``layer4`` keeps the activation of the last residual block (``(B, 512, *spatial)``) in
+    ``activation``, both with their autograd graph, so that a loss can backpropagate through the
+    saliency computed from them (:meth:`saliency_and_features`). Hooks are registered by
+    :meth:`register` and removed, with the records, by :meth:`remove`; as a context manager it
+    registers on entry and removes on exit, also after an error. :class:`sarf_bundle.losses.SaRFLoss`
+    owns one for the whole training (its docstring says why MONAI's trainer needs it). The network
+    is left unchanged: outputs and state dict are the same with or without the recorder. Remove it
+    before scripting or deep-copying the network (the hooks belong to the recorder). Under
+    ``DataParallel`` the replicas overwrite each other's records, so use ``DistributedDataParallel``
+    for SaRF training.
+
+    Args:
+        network: a MONAI ``ResNet`` with a final ``fc`` layer, e.g. a
+            :class:`SaliencyResNet`; the module inside a ``DistributedDataParallel`` or ``DataParallel``
+            wrapper is used.
+
+    Raises:
+        TypeError: when ``network`` is not such a ResNet.
+
+    Example:
+        >>> net = SaliencyResNet()
+        >>> with SaliencyRecorder(net) as recorder:
+        ...     logits = net(torch.randn(2, 1, 64, 64))
+        ...     saliency, features = recorder.saliency_and_features()
+        >>> saliency.shape, features.shape
+        (torch.Size([2, 6, 512]), torch.Size([2, 512]))
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        network = getattr(network, "module", network)
+        if not isinstance(network, ResNet) or network.fc is None:
+            raise TypeError(
+                f"SaliencyRecorder needs a MONAI ResNet with a final fc layer (e.g. sarf_bundle.networks.SaliencyResNet), "
+                f"got {type(network).__name__}."
+            )
+        self.network = network
         self.features: torch.Tensor | None = None
         self.activation: torch.Tensor | None = None
-        self.feature_hook = self.fc.register_forward_pre_hook(self._record_features)
-        self.activation_hook = self.layer4.register_forward_hook(self._record_activation)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def register(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Attach the recording hooks to ``fc`` and ``layer4``; returns their handles.
+
+        Raises:
+            RuntimeError: when the hooks are already registered.
+        """
+        if self.handles:
+            raise RuntimeError("SaliencyRecorder hooks are already registered.")
+        self.handles = [
+            self.network.fc.register_forward_pre_hook(self._record_features),
+            self.network.layer4.register_forward_hook(self._record_activation),
+        ]
+        return self.handles
+
+    def remove(self) -> None:
+        """Remove the hooks and forget the records."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.features = self.activation = None
+
+    def __enter__(self) -> SaliencyRecorder:
+        self.register()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
 
     def _record_features(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self.features = args[0]
@@ -184,16 +249,18 @@ class SaliencyResNet(ResNet):
         self.activation = output
 
     def head(self, activation: torch.Tensor) -> torch.Tensor:
-        """Logits from a last-block activation ``(B, 512, *spatial)``: average pooling, then ``fc``.
+        """Logits from a last-block activation ``(B, 512, *spatial)``: the network's average pooling, then ``fc``.
 
-        It computes what ``forward`` does after ``layer4``, without recording features.
+        It computes what the network's ``forward`` does after ``layer4``, without calling ``fc``, so
+        the recorded feature stays that of the forward pass.
         """
-        return F.linear(torch.flatten(self.avgpool(activation), 1), self.fc.weight, self.fc.bias)
+        fc = self.network.fc
+        return F.linear(torch.flatten(self.network.avgpool(activation), 1), fc.weight, fc.bias)
 
     def saliency_and_features(
         self, method: Literal["dtd", "gradcam"] = "dtd", eps: float = 1e-9
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class saliency and penultimate feature of the latest forward pass, both differentiable.
+        """Class saliency and penultimate feature of the latest recorded forward pass, both differentiable.
 
         Args:
             method: ``"dtd"`` for :func:`dtd_saliency` of the pooled feature and ``fc``, ``"gradcam"``
@@ -205,27 +272,20 @@ class SaliencyResNet(ResNet):
 
         Raises:
             ValueError: when ``method`` is unknown.
-            RuntimeError: when no forward pass has run yet.
+            RuntimeError: when no forward pass has been recorded since :meth:`register`.
         """
         if method not in SALIENCY_METHODS:
             raise ValueError(f"Unknown saliency method {method!r}; options are {SALIENCY_METHODS}.")
         if self.features is None or self.activation is None:
-            raise RuntimeError("SaliencyResNet has no recorded features: run a forward pass before saliency.")
+            state = "" if self.handles else " (its hooks are not registered: call register() or use it as a context manager)"
+            raise RuntimeError(
+                f"SaliencyRecorder has recorded no forward pass of {type(self.network).__name__}{state}: "
+                "run the network on the batch before computing its saliency."
+            )
         if method == "gradcam":
             return gradcam_saliency(self.activation, self.head), self.features
-        return dtd_saliency(self.features, self.fc.weight, eps), self.features
+        return dtd_saliency(self.features, self.network.fc.weight, eps), self.features
 
     def saliency(self, method: Literal["dtd", "gradcam"] = "dtd", eps: float = 1e-9) -> torch.Tensor:
-        """Saliency ``(B, num_classes, 512)`` of the latest forward pass; see :meth:`saliency_and_features`."""
+        """Saliency ``(B, num_classes, 512)`` of the latest recorded forward pass; see :meth:`saliency_and_features`."""
         return self.saliency_and_features(method, eps)[0]
-
-    def __getstate__(self) -> dict:
-        """Drop the recorded tensors when copied or pickled: a non-leaf tensor cannot be deep-copied."""
-        return {**super().__getstate__(), "features": None, "activation": None}
-
-    def __prepare_scriptable__(self) -> SaliencyResNet:
-        """Return a copy without the recording hooks for ``torch.jit.script``, which cannot compile them."""
-        scriptable = copy.deepcopy(self)
-        scriptable.feature_hook.remove()
-        scriptable.activation_hook.remove()
-        return scriptable

@@ -36,11 +36,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .experiments import FOLD_EVALUATIONS  # noqa: E402
-from .metrics import FAMILIES, aggregate_folds, classification_metrics, reliability_bins  # noqa: E402
+from .experiments import FOLD_EVALUATIONS, METHODS  # noqa: E402
+from .metrics import FAMILIES, aggregate_folds, classification_metrics, reliability_bins, summary_value  # noqa: E402
 
 __all__ = [
-    "METHOD_ORDER",
     "FoldRun",
     "MethodRun",
     "find_method_dirs",
@@ -52,10 +51,6 @@ __all__ = [
     "report",
     "write_report",
 ]
-
-METHOD_ORDER: tuple[str, ...] = ("baseline", "focal", "sarf", "sarf-gradcam", "sarf-focal", "alpha-only", "beta-only")
-"""Methods named here (the names of ``python -m sarf_bundle crossval --method``) come first, in the paper's order
-(Table 3, then the ablations of Fig. 4); any others follow alphabetically."""
 
 _FOLD = re.compile(r"fold(\d+)")
 _DIGITS = {"accuracy": 3, "f1": 3, "auc": 4, "ece": 3}
@@ -157,7 +152,7 @@ def find_method_dirs(run_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
         run_dirs: one or more folders.
 
     Returns:
-        The method folders, in :data:`METHOD_ORDER` order.
+        The method folders, in the order of :data:`sarf_bundle.experiments.METHODS`, then others by name.
 
     Raises:
         FileNotFoundError: if a folder does not exist or holds no method folder.
@@ -184,12 +179,12 @@ def find_method_dirs(run_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in names]
-    return known + sorted(n for n in names if n not in METHOD_ORDER)
+    known = [m for m in METHODS if m in names]
+    return known + sorted(n for n in names if n not in METHODS)
 
 
 def _expected_folds(root: Path, flags: list[str]) -> set[int]:
-    """Folds that ``crossval.json`` announces (key ``folds``: a list or a count, or ``n_folds``), else none."""
+    """Folds that ``crossval.json`` announces (its ``folds`` list, as :func:`sarf_bundle.experiments.crossval` writes it), else none."""
     path = root / "crossval.json"
     if not path.is_file():
         return set()
@@ -198,9 +193,7 @@ def _expected_folds(root: Path, flags: list[str]) -> set[int]:
     except (OSError, json.JSONDecodeError) as e:
         flags.append(f"`crossval.json` could not be read ({e}).")
         return set()
-    folds = info.get("folds", info.get("n_folds")) if isinstance(info, dict) else None
-    if isinstance(folds, int):
-        return set(range(folds))
+    folds = info.get("folds") if isinstance(info, dict) else None
     if isinstance(folds, list) and all(isinstance(k, int) for k in folds):
         return set(folds)
     return set()
@@ -293,12 +286,6 @@ def _format(stats: dict, digits: int) -> str:
     if math.isnan(stats["std"]):
         return f"{stats['mean']:.{digits}f}"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def _walk(tree: dict, keys: Sequence[str]) -> dict:
-    for key in keys:
-        tree = tree[key]
-    return tree
 
 
 def _slug(name: str) -> str:
@@ -477,7 +464,7 @@ def _overview(methods: Sequence[MethodRun], flags: list[str], command: str, n_bi
     validation = [name for name in FOLD_EVALUATIONS if name != "test"]
     summary = [
         [m.name, *(_format(_over_folds([f.validation[v] for f in m.folds if v in f.validation]), 3) for v in validation),
-         *(_format(_walk(m.summary, keys), _DIGITS[keys[-1]]) for _, keys in _SUMMARY)]
+         *(_format(summary_value(m.summary, keys), _DIGITS[keys[-1]]) for _, keys in _SUMMARY)]
         for m in methods
     ]
     header = ["Method", "val. accuracy, stripped", "val. accuracy, whole head",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import SEQUENCES  # noqa: E402
+from .data import load_datalist  # noqa: E402
 
 __all__ = ["axial_slice", "datalist_montage", "radiological", "relevance_figure", "road_figure", "save_figure"]
 
@@ -67,7 +67,7 @@ def datalist_montage(datalist: str | Path, out: str | Path, subjects: int = 2, s
         ValueError: if the split has fewer subjects than asked.
     """
     datalist = Path(datalist)
-    entries = json.loads(datalist.read_text())[split]
+    entries = load_datalist(datalist, split)
     names = list(dict.fromkeys(e["subject"] for e in entries))
     if len(names) < subjects:
         raise ValueError(f"{datalist} split {split!r} has {len(names)} subjects, fewer than {subjects}.")
@@ -75,7 +75,7 @@ def datalist_montage(datalist: str | Path, out: str | Path, subjects: int = 2, s
     for row, name in enumerate(names[:subjects]):
         for col, sequence in enumerate(SEQUENCES):
             entry = next(e for e in entries if e["subject"] == name and e["sequence"] == sequence)
-            data, (dy, dx) = axial_slice(datalist.parent / entry["image"], fraction)
+            data, (dy, dx) = axial_slice(entry["image"], fraction)
             ax = axes[row, col]
             ax.imshow(data, cmap="gray", vmin=0, vmax=np.percentile(data, 99.5), aspect=dy / dx, interpolation="lanczos")
             acq = entry.get("acquisition", {})

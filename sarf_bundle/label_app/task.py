@@ -27,6 +27,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from sarf_bundle.bundle import checkpoint_settings
 from sarf_bundle.data import SliceBatch, error_message, volume_probabilities
+from sarf_bundle.prediction import decide
 
 __all__ = ["ImageError", "SequenceInferTask"]
 
@@ -39,10 +40,9 @@ class SequenceInferTask(BasicInferTask):
     """Classify a brain MRI volume into the bundle's sequences with the bundle's inference config.
 
     The result (the JSON that ``POST /infer/<model>`` returns) is MONAI Label's classification result,
-    ``prediction``: ``[{"idx": 0, "label": "DWI", "score": p}, ...]``, with ``sequence`` (the most probable
-    class), ``probabilities`` (``{"DWI": p, ...}``, summing to 1) and ``confidence`` (the probability of
-    ``sequence``) added, and the preprocessing's ``note`` and ``warning`` where it set them. MONAI Label adds
-    ``label_names`` and ``latencies``. The config's ``ckpt_dir`` is the checkpoint's folder, so that files kept
+    ``prediction``: ``[{"idx": 0, "label": "DWI", "score": p}, ...]``, with the bundle's decision about the volume
+    added (:meth:`writer`): the same sequence, confidence, status and message as the volume's row in the CSV of
+    folder inference. MONAI Label adds ``label_names`` and ``latencies``. The config's ``ckpt_dir`` is the checkpoint's folder, so that files kept
     beside the checkpoint (``calibration.json``) follow ``model_path``.
 
     Args:
@@ -147,15 +147,24 @@ class SequenceInferTask(BasicInferTask):
             return 1.0
         return float(self.parser.get_parsed_content("temperature", lazy=False))
 
+    def confidence_threshold(self) -> float:
+        """The config's ``confidence_threshold``, or 0.0 (never ``uncertain`` for confidence) where it has none."""
+        if self.parser.get("confidence_threshold") is None:
+            return 0.0
+        return float(self.parser.get_parsed_content("confidence_threshold", lazy=False))
+
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[None, dict[str, Any]]:
-        """MONAI Label's classification result, with the sequence, its probability and all six by name."""
+        """MONAI Label's classification result, with the bundle's decision about the volume added.
+
+        The decision is :func:`sarf_bundle.prediction.decide`'s, as in folder inference's CSV: ``sequence``,
+        ``confidence``, ``probabilities`` (by name), ``status``, ``message`` (the preprocessing's note and the reasons
+        for ``uncertain``), ``bids_name``, ``header_sequence`` and ``header_agrees``.
+        """
         _, result = super().writer(data, extension, dtype)
-        probabilities = [float(p) for p in data[self.output_label_key]]
-        best = max(range(len(probabilities)), key=probabilities.__getitem__)
-        result["sequence"] = self.class_names[best]
-        result["confidence"] = probabilities[best]
-        result["probabilities"] = dict(zip(self.class_names, probabilities))
-        for key in ("note", "warning"):  # set by the preprocessing, when it has something to say
-            if data.get(key):
-                result[key] = str(data[key])
+        prediction = decide(
+            str(data.get("image_path", data.get(self.input_key))), [float(p) for p in data[self.output_label_key]],
+            self.class_names, self.confidence_threshold(), note=str(data.get("note") or ""),
+            warning=str(data.get("warning") or ""), header=data.get("header"),
+        )  # fmt: skip
+        result.update(prediction.as_dict())
         return None, result

@@ -120,6 +120,34 @@ def test_evaluation_on_test_split(trained):
     assert len(rows) == n_test and all(r["label"] in SEQUENCES for r in rows)
 
 
+def test_the_csv_and_the_python_api_give_the_same_answer(trained, tmp_path):
+    """One decision (sarf_bundle.prediction.decide) behind both: same sequence, probabilities, status and message.
+
+    A threshold of 0.99 makes most volumes ``uncertain``, so the reasons are compared too.
+    """
+    root, datalist = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for entry in json.loads(datalist.read_text())["testing"][:4]:
+        shutil.copy(datalist.parent / entry["image"], inputs)
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    out_csv = tmp_path / "predictions.csv"
+    run_bundle("run", ["inference.json"], bundle_root=str(root), dataset_dir=str(inputs), output_csv=str(out_csv), image_size=32, num_workers=0, confidence_threshold=0.99)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out_csv.open())}
+    api = load_inference_bundle(root / "models" / "model.pt", confidence_threshold=0.99)
+    statuses = set()
+    for path in sorted(inputs.iterdir()):
+        expected = api.classify(path).as_row()
+        row = rows[path.name]
+        statuses.add(row["status"])
+        assert {k: row[k] for k in ("file", "sequence", "status", "message", "bids_name")} == {
+            k: expected.get(k, "") for k in ("file", "sequence", "status", "message", "bids_name")
+        }, path.name
+        for c in SEQUENCES:
+            assert float(row[f"p_{c}"] or 0) == pytest.approx(float(expected.get(f"p_{c}", 0)), abs=1e-5)
+    assert "error" in statuses and statuses & {"ok", "uncertain"}
+
+
 def test_folder_inference_gives_one_row_per_file_and_resumes(trained, tmp_path, capsys):
     root, datalist = trained
     inputs = tmp_path / "inputs"

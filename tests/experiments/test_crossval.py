@@ -242,7 +242,7 @@ def test_fold_selection(simulated_dataset):
 
 
 ERRORS = [  # command line, message
-    (["--method", "srf"], r"Unknown method 'srf'; options are baseline, sarf, focal, sarf-focal, sarf-gradcam, alpha-only, beta-only"),
+    (["--method", "srf"], r"Unknown method 'srf'; options are baseline, focal, sarf, sarf-gradcam, sarf-focal, alpha-only, beta-only"),
     (["--method", "baseline", "--beta", "0.5"], r"--beta is set by --method baseline \(beta=0.0\)"),
     (["--epoch", "5"], r"--epoch is not a key of configs/train.json or configs/evaluate.json"),
     (["--fold", "1"], r"--fold is set by the cross-validation for each fold"),

@@ -77,8 +77,8 @@ def messy_folder(simulated_dataset, tmp_path_factory):
         "zeros.nii.gz": ("error", "every voxel is 0: the image is empty"),
         "nan.nii.gz": ("error", "1000 of 860160 voxels are NaN or infinite"),
         "flat.nii.gz": ("error", "2D image of shape (96, 112)"),
-        "echoes.nii.gz": ("ok", "4D: last of 3 volumes"),
-        "dwi.nii.gz": ("ok", "mean of the 2 volume(s) at b=1000"),
+        "echoes.nii.gz": ("ok", "4D: kept the last of 3 volumes"),
+        "dwi.nii.gz": ("ok", "4D: kept b=1000 of b=0,1000; mean of the 2 diffusion volumes at b=1000"),
         "three.nii.gz": ("error", "only 3 slices"),
         "huge.nii.gz": ("error", "voxel spacing (50.0, 50.0, 50.0) mm"),
         "body.nii.gz": ("uncertain", "more than a head"),
@@ -204,17 +204,17 @@ def test_load_volume_reads_nifti_as_one_channel(tmp_path):
 
 
 def test_dicom_series_gives_the_nifti_result_and_header_columns(bundle_root, simulated_dataset, tmp_path):
-    from sarf_bundle.dicom import write_dicom_series
+    from sarf_bundle.simulation.dicom_writer import protocol_header, write_dicom_series
 
     entry = next(e for e in json.loads(simulated_dataset.read_text())["testing"] if e["sequence"] == "T2")
     nifti = nib.load(simulated_dataset.parent / entry["image"])
     volume, acquisition = np.asarray(nifti.dataobj, dtype=np.float32), entry["acquisition"]
     (tmp_path / "nifti").mkdir()
     shutil.copy(simulated_dataset.parent / entry["image"], tmp_path / "nifti" / "t2.nii.gz")
-    timing = {"RepetitionTime": acquisition["tr"], "EchoTime": acquisition["te"], "MagneticFieldStrength": acquisition["field_t"]}
+    header = protocol_header(acquisition)
     dicom = tmp_path / "dicom"
-    write_dicom_series(volume, nifti.affine, dicom / "study" / "a", {**timing, "SeriesDescription": "AX T2 TSE"})
-    write_dicom_series(volume, nifti.affine, dicom / "study" / "b", {**timing, "SeriesDescription": "T1 MPRAGE"})
+    write_dicom_series(volume, nifti.affine, dicom / "study" / "a", {**header, "SeriesDescription": "AX T2 TSE"}, series_number=1)
+    write_dicom_series(volume, nifti.affine, dicom / "study" / "b", {**header, "SeriesDescription": "T1 MPRAGE"}, series_number=2)
     (dicom / "study" / "a" / "IM99999").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")  # a broken DICOM file
 
     rows = {}

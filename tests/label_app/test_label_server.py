@@ -6,6 +6,7 @@ when it is missing or out of date (minutes), and reused otherwise.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, save_checkpoint
+from sarf_bundle.bundle import BUNDLE_ROOT, load_inference_bundle, run_bundle, save_checkpoint
 from sarf_bundle.data import load_datalist, volume_probabilities
 from sarf_bundle.label_app.environment import environment_python
 from sarf_bundle.networks import SaliencyResNet
@@ -159,6 +160,30 @@ def test_infer_gives_the_sequence_and_the_probabilities_of_the_bundle(server):
     with torch.no_grad():
         expected = volume_probabilities(bundle.network(stack[:, None].to(bundle.device)), stack.shape[0])[0]
     assert list(probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_the_server_the_csv_and_the_python_api_agree(server, tmp_path):
+    """The three interfaces report one decision (sarf_bundle.prediction.decide) for the same volume and model."""
+    image_id = server["volume"].name.removesuffix(".nii.gz")
+    status, answer = _request(f"{server['url']}/infer/{MODEL}?image={image_id}&output=json", method="POST")
+    assert status == 200, answer
+    out_csv = tmp_path / "predictions.csv"
+    run_bundle(
+        "run", ["inference.json"], ckpt_dir=str(server["checkpoint"].parent), dataset_dir=str(server["volume"].parent),
+        output_csv=str(out_csv), image_size=48, num_workers=0,
+    )  # fmt: skip
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out_csv.open())}
+    row = rows[server["volume"].name]
+    api = load_inference_bundle(server["checkpoint"]).classify(server["volume"]).as_dict()
+    keys = ("sequence", "status", "message", "bids_name", "header_sequence", "header_agrees")
+    assert {k: answer[k] for k in keys} == {k: row[k] for k in keys} == {k: api[k] for k in keys}
+    assert answer["confidence"] == pytest.approx(float(row["confidence"]), abs=1e-5) == pytest.approx(api["confidence"], abs=1e-5)
+    assert answer["status"] == "uncertain" and "below the threshold 0.5" in answer["message"]  # random weights: not confident
+
+    status, body = _request(f"{server['url']}/infer/{MODEL}?image=corrupt&output=json", method="POST")
+    error = rows["corrupt.nii.gz"]
+    assert status == 422 and error["status"] == "error" and error["message"] in body["detail"]
+    assert load_inference_bundle(server["checkpoint"]).classify(server["volume"].parent / "corrupt.nii.gz").message == error["message"]
 
 
 def test_unreadable_image_is_a_clear_error_and_the_server_keeps_serving(server):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -10,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from torch import nn
 
 from sarf_bundle.losses import SaRFLoss, saliency_distinctiveness, saliency_feature_consistency
-from sarf_bundle.networks import SaliencyResNet
+from sarf_bundle.networks import SaliencyResNet, dtd_saliency, gradcam_saliency
 
 SD_CASES = [  # saliency (B, K, D), expected L_sd
     (torch.eye(6)[None], 0.0),
@@ -173,9 +174,71 @@ def test_only_one_of_saliency_and_features_raises():
 
 def test_features_from_another_batch_raise():
     net = SaliencyResNet()
+    loss_function = SaRFLoss(network=net)
     net(torch.randn(3, 1, 16, 16))
     with pytest.raises(RuntimeError, match="batch size 3 / 3 but the logits for 2"):
-        SaRFLoss(network=net)(torch.randn(2, 6), torch.tensor([0, 1]))
+        loss_function(torch.randn(2, 6), torch.tensor([0, 1]))
+
+
+def test_recorder_without_a_forward_pass_raises():
+    net = SaliencyResNet()
+    net(torch.randn(2, 1, 16, 16))  # before the loss, hence before its recorder: not recorded
+    loss_function = SaRFLoss(network=net)
+    with pytest.raises(RuntimeError, match="recorded no forward pass of SaliencyResNet: run the network on the batch"):
+        loss_function(torch.randn(2, 6), torch.tensor([0, 1]))
+
+
+def test_removed_recorder_raises_instead_of_using_its_last_records():
+    net = SaliencyResNet()
+    loss_function = SaRFLoss(network=net)
+    logits = net(torch.randn(2, 1, 16, 16))
+    loss_function.recorder.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    with pytest.raises(RuntimeError, match="hooks are not registered"):
+        loss_function(logits, torch.tensor([0, 1]))
+
+
+def test_the_loss_owns_the_only_hooks_on_the_network():
+    net = SaliencyResNet()
+    wrapped = nn.DataParallel(net)
+    loss_function = SaRFLoss(network=wrapped)
+    assert loss_function.recorder.network is net
+    hooked = {name for name, m in net.named_modules() if m._forward_hooks or m._forward_pre_hooks}
+    assert hooked == {"fc", "layer4"}
+    loss_function.recorder.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in wrapped.modules())
+
+
+def backbone(net: SaliencyResNet, x: torch.Tensor) -> torch.Tensor:
+    """The last block's activation by an explicit forward pass, written out as MONAI's ``ResNet.forward`` runs it."""
+    h = net.maxpool(net.act(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(h))))
+
+
+@pytest.mark.parametrize("method", ["dtd", "gradcam"])
+def test_loss_and_gradients_equal_an_explicit_computation(method):
+    """The recorder changes nothing: value and every parameter's gradient equal those of the written-out maths."""
+    torch.manual_seed(0)
+    net = SaliencyResNet().double()
+    explicit = copy.deepcopy(net)
+    x, target = torch.randn(4, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 3, 5, 1])
+    loss_function = SaRFLoss(alpha=5.0, beta=0.5, network=net, saliency=method)
+    loss = loss_function(net(x), target)
+    loss.backward()
+
+    activation = backbone(explicit, x)
+    features = torch.flatten(explicit.avgpool(activation), 1)
+    logits = explicit.fc(features)
+    if method == "dtd":
+        saliency = dtd_saliency(features, explicit.fc.weight)
+    else:
+        saliency = gradcam_saliency(activation, lambda a: F.linear(torch.flatten(explicit.avgpool(a), 1), explicit.fc.weight, explicit.fc.bias))
+    expected = F.cross_entropy(logits, target) + 5.0 * saliency_distinctiveness(saliency) + 0.5 * saliency_feature_consistency(saliency, features, target)
+    expected.backward()
+
+    assert torch.equal(loss, expected)
+    for (name, p), q in zip(net.named_parameters(), explicit.parameters()):
+        assert torch.equal(p.grad, q.grad), name
 
 
 def test_bad_target_shape_raises():

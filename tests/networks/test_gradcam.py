@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sarf_bundle.losses import SaRFLoss
-from sarf_bundle.networks import SaliencyResNet, dtd_saliency, gradcam_saliency
+from sarf_bundle.networks import SaliencyRecorder, SaliencyResNet, dtd_saliency, gradcam_saliency
 
 
 def linear_head(weight: torch.Tensor):
@@ -20,7 +20,7 @@ def gradcam_reference(net: SaliencyResNet, activation: torch.Tensor) -> torch.Te
     for b in range(activation.shape[0]):
         for i in range(net.fc.out_features):
             a = activation[b : b + 1].detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(net.head(a)[0, i], a)
+            (gradient,) = torch.autograd.grad(net.fc(torch.flatten(net.avgpool(a), 1))[0, i], a)
             weights = gradient.mean(dim=(2, 3))
             gradcam_map = (weights[:, :, None, None] * a).sum(dim=1).relu()
             saliency[b, i] = (gradcam_map[:, None] * a).mean(dim=(2, 3))[0].detach()
@@ -48,17 +48,20 @@ def test_uniform_map_gives_the_pooled_feature():
 def test_matches_per_sample_per_class_gradcam_of_the_network():
     torch.manual_seed(0)
     net = SaliencyResNet().double()
-    net(torch.randn(3, 1, 32, 32, dtype=torch.float64))
-    saliency, features = net.saliency_and_features("gradcam")
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(3, 1, 32, 32, dtype=torch.float64))
+        saliency, features = recorder.saliency_and_features("gradcam")
+        activation = recorder.activation
     assert saliency.shape == (3, 6, 512) and features.shape == (3, 512)
-    torch.testing.assert_close(saliency.detach(), gradcam_reference(net, net.activation))
+    torch.testing.assert_close(saliency.detach(), gradcam_reference(net, activation))
 
 
 def test_gradients_reach_convolutions_and_the_head_through_the_channel_weights():
     torch.manual_seed(0)
     net = SaliencyResNet()
-    net(torch.randn(4, 1, 64, 64))
-    saliency = net.saliency("gradcam")
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(4, 1, 64, 64))
+        saliency = recorder.saliency("gradcam")
     saliency.pow(2).sum().backward()
     assert net.conv1.weight.grad.abs().sum() > 0
     # The saliency depends on fc only through the GradCAM weights dY_i/dA: create_graph carries them to the loss.
@@ -70,22 +73,24 @@ def test_no_grad_gives_the_same_values_without_a_graph():
     torch.manual_seed(0)
     net = SaliencyResNet().eval()
     x = torch.randn(2, 1, 32, 32)
-    net(x)
-    expected = net.saliency("gradcam").detach()
-    with torch.no_grad():
+    with SaliencyRecorder(net) as recorder:
         net(x)
-        saliency = net.saliency("gradcam")
+        expected = recorder.saliency("gradcam").detach()
+        with torch.no_grad():
+            net(x)
+            saliency = recorder.saliency("gradcam")
     assert not saliency.requires_grad
     torch.testing.assert_close(saliency, expected)
 
 
 def test_records_activation_without_touching_features_and_3d():
     net = SaliencyResNet(spatial_dims=3, no_max_pool=True)
-    net(torch.randn(2, 1, 8, 8, 8))
-    features = net.features
-    assert net.activation.shape[:2] == (2, 512)
-    assert net.saliency("gradcam").shape == (2, 6, 512)
-    assert net.features is features, "the GradCAM head pass must not overwrite the recorded feature"
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(2, 1, 8, 8, 8))
+        features = recorder.features
+        assert recorder.activation.shape[:2] == (2, 512)
+        assert recorder.saliency("gradcam").shape == (2, 6, 512)
+        assert recorder.features is features, "the GradCAM head pass must not overwrite the recorded feature"
 
 
 def test_channel_weight_vector_would_repeat_dtd():
@@ -116,19 +121,12 @@ def test_sarf_loss_with_gradcam_trains_and_validates():
     assert torch.isfinite(value) and not value.requires_grad
 
 
-def test_scripting_keeps_the_activation_hook():
-    net = SaliencyResNet().eval()
-    torch.jit.script(net)
-    net.activation = None
-    net(torch.randn(1, 1, 32, 32))
-    assert net.activation is not None
-
-
 def test_unknown_method_raises():
     net = SaliencyResNet().eval()
-    net(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"'lrp'; options are \('dtd', 'gradcam'\)"):
-        net.saliency_and_features("lrp")
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(1, 1, 32, 32))
+        with pytest.raises(ValueError, match=r"'lrp'; options are \('dtd', 'gradcam'\)"):
+            recorder.saliency_and_features("lrp")
 
 
 def test_bad_shapes_raise():

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import ResNet
 
-from sarf_bundle.networks import SaliencyResNet, dtd_saliency
+from sarf_bundle.networks import SaliencyRecorder, SaliencyResNet, dtd_saliency
 
 TEST_CASES = [  # constructor arguments, input shape, expected logits shape
     ({}, (2, 1, 16, 16), (2, 6)),
@@ -67,32 +68,68 @@ def test_outputs_equal_plain_monai_resnet(kwargs, input_shape, expected_shape):
     ).eval()
     plain.load_state_dict(net.state_dict())
     x = torch.randn(input_shape)
-    with torch.no_grad():
+    with torch.no_grad(), SaliencyRecorder(net) as recorder:
         logits = net(x)
         assert logits.shape == expected_shape
         assert torch.equal(logits, plain(x))
-    assert net.features.shape == (input_shape[0], 512)
-    assert net.saliency().shape == (input_shape[0], expected_shape[1], 512)
+        assert recorder.features.shape == (input_shape[0], 512)
+        assert recorder.saliency().shape == (input_shape[0], expected_shape[1], 512)
+
+
+def test_recorder_leaves_outputs_unchanged_and_removes_its_hooks():
+    """zennit's check: the same outputs before, during and after the hooks, and no hook left behind."""
+    net = SaliencyResNet().eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+        with SaliencyRecorder(net) as recorder:
+            assert len(net.fc._forward_pre_hooks) == 1 and len(net.layer4._forward_hooks) == 1
+            during = net(x)
+        after = net(x)
+    assert torch.equal(before, during) and torch.equal(before, after)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert recorder.features is None and recorder.activation is None, "remove() forgets the records"
+
+
+def test_hooks_removed_after_an_error():
+    net = SaliencyResNet()
+    with pytest.raises(RuntimeError, match="wrong input"):
+        with SaliencyRecorder(net):
+            raise RuntimeError("wrong input")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_register_twice_raises_and_register_after_remove_records_again():
+    net = SaliencyResNet()
+    recorder = SaliencyRecorder(net)
+    assert len(recorder.register()) == 2
+    with pytest.raises(RuntimeError, match="already registered"):
+        recorder.register()
+    recorder.remove()
+    recorder.register()
+    net(torch.randn(2, 1, 16, 16))
+    assert recorder.features.shape == (2, 512)
 
 
 def test_hook_records_pooled_penultimate_feature():
     torch.manual_seed(0)
     net = SaliencyResNet().eval()
     x = torch.randn(2, 1, 16, 16)
-    with torch.no_grad():
+    with torch.no_grad(), SaliencyRecorder(net) as recorder:
         net(x)
         h = net.maxpool(net.act(net.bn1(net.conv1(x))))
         h = net.layer4(net.layer3(net.layer2(net.layer1(h))))
         expected = torch.flatten(net.avgpool(h), 1)
-    assert torch.equal(net.features, expected)
-    assert (net.features >= 0).all()
+        assert torch.equal(recorder.features, expected)
+        assert (recorder.features >= 0).all()
 
 
 def test_saliency_gradients_reach_fc_and_conv1():
     torch.manual_seed(0)
     net = SaliencyResNet()
-    net(torch.randn(2, 1, 16, 16))
-    saliency, features = net.saliency_and_features()
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(2, 1, 16, 16))
+        saliency, features = recorder.saliency_and_features()
     assert features.requires_grad
     (saliency[:, 0] * saliency[:, 1]).sum().backward()
     assert net.fc.weight.grad.abs().sum() > 0
@@ -100,32 +137,67 @@ def test_saliency_gradients_reach_fc_and_conv1():
 
 
 def test_saliency_before_forward_raises():
-    with pytest.raises(RuntimeError, match="run a forward pass before saliency"):
-        SaliencyResNet().saliency()
+    with SaliencyRecorder(SaliencyResNet()) as recorder:
+        with pytest.raises(RuntimeError, match="recorded no forward pass of SaliencyResNet: run the network"):
+            recorder.saliency()
+
+
+def test_saliency_without_registered_hooks_raises():
+    net = SaliencyResNet()
+    recorder = SaliencyRecorder(net)
+    net(torch.randn(2, 1, 16, 16))
+    with pytest.raises(RuntimeError, match=r"hooks are not registered: call register\(\)"):
+        recorder.saliency()
+
+
+@pytest.mark.parametrize("network", [torch.nn.Linear(2, 2), ResNet("basic", [1, 1, 1, 1], [8, 8, 8, 8], feed_forward=False)])
+def test_recorder_needs_a_resnet_with_fc(network):
+    with pytest.raises(TypeError, match=r"MONAI ResNet with a final fc layer .*got (Linear|ResNet)\."):
+        SaliencyRecorder(network)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_trace_and_script_agree_with_eager():
     net = SaliencyResNet().eval()
     x = torch.randn(2, 1, 16, 16)
+    with SaliencyRecorder(net) as recorder:  # a recorder attached before (e.g. by a training loss) leaves nothing behind
+        net(x)
     traced = torch.jit.trace(net, x)
     scripted = torch.jit.script(net)
     with torch.no_grad():
         expected = net(x)
         torch.testing.assert_close(traced(x), expected)
         torch.testing.assert_close(scripted(x), expected)
-    net.features = None
-    net(x)
-    assert net.features is not None, "scripting must leave the original network's hook in place"
+    with recorder:
+        net(x)
+        assert recorder.features is not None, "scripting must leave the network recordable"
 
 
-def test_deepcopy_after_training_forward_drops_features():
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_trace_with_a_recorder_attached_keeps_it_out_of_the_trace():
+    net = SaliencyResNet().eval()
+    x = torch.randn(2, 1, 16, 16)
+    with SaliencyRecorder(net) as recorder:
+        traced = torch.jit.trace(net, x)
+        recorder.remove()
+        recorder.register()
+        traced(x)
+        assert recorder.features is None, "the trace holds no hook"
+        net(x)
+        assert recorder.features is not None
+
+
+def test_deepcopy_and_pickle_after_training_forward():
     net = SaliencyResNet()
-    net(torch.randn(2, 1, 16, 16))
-    copied = copy.deepcopy(net)
-    assert copied.features is None and net.features is not None
-    copied(torch.randn(2, 1, 16, 16))
-    assert copied.features is not None
+    with SaliencyRecorder(net) as recorder:
+        net(torch.randn(2, 1, 16, 16))
+        assert recorder.features.grad_fn is not None
+    for copied in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in copied.modules())
+        torch.testing.assert_close(copied.state_dict(), net.state_dict())
+        with SaliencyRecorder(copied) as recorder:
+            copied(torch.randn(2, 1, 16, 16))
+            assert recorder.features is not None
 
 
 def test_built_from_bundle_config():

@@ -8,7 +8,7 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import ResNetBlock
 from torch import nn
 
-from sarf_bundle.networks import SaliencyResNet, dtd_saliency
+from sarf_bundle.networks import SaliencyRecorder, SaliencyResNet
 from sarf_bundle.relevance import ResNetRelevance, fold_batch_norm, relevance_maps
 
 LAYERS = ["fc", "avgpool"] + [f"layer{i}.{j}" for i in (4, 3, 2, 1) for j in (1, 0)] + ["maxpool", "conv1"]
@@ -106,9 +106,9 @@ def test_penultimate_relevance_is_the_closed_form_saliency_of_the_loss(network, 
     network, images = copy.deepcopy(network).double(), images.double()  # float64: only rounding may differ
     with ResNetRelevance(network) as lrp:
         explanation = lrp.explain(images, layers=True)
-    with torch.no_grad():
+    with torch.no_grad(), SaliencyRecorder(network) as recorder:
         network(images)
-        closed_form = dtd_saliency(network.features, network.fc.weight)
+        closed_form = recorder.saliency()
     assert_same_arithmetic(explanation.layers["fc"], closed_form)
 
 

@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
     (root / "sarf" / "fold4").mkdir()
     for k in (0, 1, 2):
         write_fold(root / "focal", k, skill=1.2, seed=20 + k)
-    (root / "focal" / "crossval.json").write_text(json.dumps({"folds": 4}))
+    (root / "focal" / "crossval.json").write_text(json.dumps({"folds": [0, 1, 2, 3]}))
     for k in (0, 1):
         write_fold(root / "ablation_a5_b0", k, skill=2.0, seed=30 + k)
     (root / "notes").mkdir()
