@@ -17,6 +17,8 @@ import torch
 from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser
 
+from sarf_bundle.bundle import read_config
+
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = BUNDLE_ROOT / "configs"
 DATA_DIR = BUNDLE_ROOT / "data" / "benchmarks"
@@ -27,14 +29,11 @@ def bundle_parser(config: str = "train.json", **overrides) -> ConfigParser:
     """The parsed-on-demand config of ``configs/<config>`` with keys overridden, as ``monai.bundle run`` builds it.
 
     Args:
-        config: a config file of ``configs/``, or the path of another config file.
+        config: a config file of ``configs/`` by name, or the path of another config file
+            (:func:`sarf_bundle.bundle.read_config`).
         **overrides: config keys to override, e.g. ``alpha=0`` or ``dataset_dir="/tmp/sim"``.
     """
-    parser = ConfigParser()
-    path = CONFIG_DIR / config if (CONFIG_DIR / config).is_file() else Path(config)
-    parser.read_config(str(path))
-    parser.update(overrides)
-    return parser
+    return read_config(config, **overrides)
 
 
 def simulated(folder: str | Path | None, name: str, subjects: int, voxel_scale: float = 1.0, **split) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ __all__ = [
     "bundle_version",
     "checkpoint_settings",
     "config_file",
+    "config_value",
     "load_inference_bundle",
+    "read_config",
     "run_bundle",
     "save_checkpoint",
 ]
@@ -50,9 +53,43 @@ def config_file(name: str) -> Path:
     return path
 
 
+def read_config(*configs: str | os.PathLike, **overrides: Any) -> ConfigParser:
+    """Config files read by MONAI's ``ConfigParser`` (as ``python -m monai.bundle run`` reads them), keys overridden.
+
+    The one way the package reads a config: parsed content (``parser.get_parsed_content("network")``) and raw
+    values (``parser["epochs"]``) alike.
+
+    Args:
+        *configs: merged in order, later files overriding earlier ones: a bare file name (``"train.json"``) is a
+            file of the bundle's ``configs/`` (:func:`config_file`); a path (a ``Path``, or a name with a folder)
+            is read as it is, e.g. the ``configs/inference.json`` of another bundle folder.
+        **overrides: config ids to set after reading, e.g. ``epochs=5``; nested ids as ``**{"train#trainer": ...}``.
+
+    Raises:
+        FileNotFoundError: when a file is not there.
+
+    Example:
+        >>> read_config("train.json", "evaluate.json", epochs=5)["epochs"]
+        5
+    """
+    paths = [Path(c) if isinstance(c, os.PathLike) or Path(c).name != c else config_file(c) for c in configs]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    parser.update(overrides)
+    return parser
+
+
+def config_value(config: str | os.PathLike, key: str) -> Any:
+    """One raw value of a config file (:func:`read_config`), e.g. ``config_value("train.json", "epochs")``."""
+    return read_config(config)[key]
+
+
 def bundle_version() -> str:
     """The bundle's version, from ``configs/metadata.json``."""
-    return str(json.loads(config_file("metadata.json").read_text())["version"])
+    return str(config_value("metadata.json", "version"))
 
 
 class PreprocessingSettings:
@@ -269,10 +306,7 @@ def save_checkpoint(network: torch.nn.Module, path: str | Path, **overrides) -> 
     For a network trained outside ``configs/train.json``: the settings are those of ``configs/inference.json`` with
     ``overrides`` (e.g. ``image_size=64``), so say how the network was trained.
     """
-    parser = ConfigParser()
-    parser.read_config(str(config_file("inference.json")))
-    parser.update(overrides)
-    settings = parser.get_parsed_content("preprocessing_settings").state_dict()
+    settings = read_config("inference.json", **overrides).get_parsed_content("preprocessing_settings").state_dict()
     atomic_torch_save({"model": network.state_dict(), "preprocessing": settings}, path)
 
 
@@ -305,9 +339,7 @@ def load_inference_bundle(checkpoint: str | Path, **overrides) -> InferenceBundl
     checkpoint = Path(checkpoint)
     stored = _read_checkpoint(checkpoint)  # read once: the record sets the preprocessing, the weights fill the network
     settings = _recorded_settings(stored, checkpoint)
-    parser = ConfigParser()
-    parser.read_config(str(config_file("inference.json")))
-    parser.update({"ckpt_dir": str(checkpoint.parent), **settings, **overrides})
+    parser = read_config("inference.json", **{"ckpt_dir": str(checkpoint.parent), **settings, **overrides})
     network, device = parser.get_parsed_content("network"), parser.get_parsed_content("device")
     try:
         parser.get_parsed_content("preprocessing_settings").load_state_dict(stored["preprocessing"])

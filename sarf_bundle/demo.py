@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from . import SEQUENCES
-from .bundle import BUNDLE_ROOT, checkpoint_settings, config_file, run_bundle
+from .bundle import BUNDLE_ROOT, checkpoint_settings, config_value, run_bundle
 from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
 from .explain import explain
@@ -292,7 +292,7 @@ def _mean(values: list[float]) -> float:
 
 def load_inference_threshold() -> float:
     """The ``confidence_threshold`` of ``configs/inference.json``."""
-    return float(json.loads(config_file("inference.json").read_text())["confidence_threshold"])
+    return float(config_value("inference.json", "confidence_threshold"))
 
 
 def print_summary(summary: dict) -> None:

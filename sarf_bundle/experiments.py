@@ -16,7 +16,6 @@ A method is a set of config overrides (:data:`METHODS`); any other key of ``trai
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -35,9 +34,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
 
-from .bundle import bundle_version, config_file, run_bundle  # noqa: E402
+from .bundle import bundle_version, read_config, run_bundle  # noqa: E402
 from .files import atomic_write_text  # noqa: E402
 from .data import load_datalist  # noqa: E402
 from .metrics import aggregate_folds, summary_value  # noqa: E402
@@ -462,7 +460,7 @@ def _finished_fold(fold_dir: Path, digest: str, fold: int, settings: dict[str, A
 
 def _throughput(datalist: Path, fold: int, settings: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Training volumes, epochs and slices per second of wall time (caching and validation included)."""
-    train = _config("train.json")
+    train = read_config("train.json")
     volumes = len(load_datalist(datalist, "training", exclude_folds=[fold]))
     epochs = int(settings.get("epochs", train["epochs"]))
     slices = volumes * epochs * len(settings.get("percentiles", train["percentiles"]))
@@ -477,8 +475,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
     changes the evaluation as well, and counts as a change).
     """
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    train = _config("train.json")
-    evaluated = json.loads(config_file("evaluate.json").read_text())
+    train, evaluated = read_config("train.json"), read_config("evaluate.json")
     changes = {}
     for key in sorted((set(old) | set(new)) - UNCOMPARED_KEYS):
         default = train[key] if key in train and key not in evaluated else NOT_SET
@@ -486,14 +483,6 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
         if before != after:
             changes[key] = (before, after)
     return changes
-
-
-@functools.cache
-def _config(*files: str) -> ConfigParser:
-    """The raw content of bundle config files (later files override earlier ones)."""
-    parser = ConfigParser()
-    parser.read_config([str(config_file(f)) for f in files])
-    return parser
 
 
 def _with_default_cache(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -505,7 +494,7 @@ def _check_config_keys(settings: dict[str, Any]) -> None:
     reserved = sorted(set(settings) & RESERVED_KEYS)
     if reserved:
         raise ValueError(f"--{reserved[0]} is set by the cross-validation for each fold and cannot be overridden; {sorted(RESERVED_KEYS)} are.")
-    parser = _config("train.json", "evaluate.json")
+    parser = read_config("train.json", "evaluate.json")
     unknown = sorted(k for k in settings if k not in parser)
     if unknown:
         raise ValueError(f"--{unknown[0]} is not a key of configs/train.json or configs/evaluate.json; unknown: {unknown}.")

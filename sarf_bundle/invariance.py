@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from .bundle import config_file
+from .bundle import read_config
 
 __all__ = ["Invariance", "invariance", "strip_invariance"]
 
@@ -29,13 +28,6 @@ class Invariance(NamedTuple):
     intercept: float
     r: float
     pixels: int
-
-
-def _parser(config: str, overrides: dict) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(config_file(config)))
-    parser.update(overrides)
-    return parser
 
 
 def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> Invariance:
@@ -52,7 +44,7 @@ def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> 
     Raises:
         ValueError: when the mask marks no pixel of the slices as brain.
     """
-    train = _parser("train.json", {"skull_strip": True, "val_skull_strip": True, "skull_strip_backend": "mask", **overrides})
+    train = read_config("train.json", **{"skull_strip": True, "val_skull_strip": True, "skull_strip_backend": "mask", **overrides})
     deterministic = Compose(train.get_parsed_content("train#deterministic_transforms"))
     finishing = Compose(train.get_parsed_content("validate#strip_transforms") + train.get_parsed_content("train#finishing_transforms"))
     sliced = deterministic({"image": str(image), "brain_mask": str(brain_mask)})
@@ -60,7 +52,7 @@ def strip_invariance(image: str | Path, brain_mask: str | Path, **overrides) -> 
     if not brain.any():
         raise ValueError(f"{brain_mask}: marks no pixel of the selected slices of {image} as brain")
     trained = finishing(sliced)["image"]
-    inferred = _parser("inference.json", overrides).get_parsed_content("preprocessing")({"image": str(image)})["image"]
+    inferred = read_config("inference.json", **overrides).get_parsed_content("preprocessing")({"image": str(image)})["image"]
     x, y = torch.as_tensor(trained)[brain].double(), torch.as_tensor(inferred)[brain].double()
     x_c, y_c = x - x.mean(), y - y.mean()
     slope = float((x_c * y_c).sum() / (x_c * x_c).sum())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BUNDLE_ROOT, PreprocessingSettings, config_file, run_bundle
+from .bundle import BUNDLE_ROOT, PreprocessingSettings, config_value, run_bundle
 from .files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .simulation.dataset import synthesize
 
@@ -82,7 +82,7 @@ def pretrain(out: str | Path = "runs/pretrain", workers: int = 2, export: bool =
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     summary = {
         "data": {**DATA, "datalist": str(datalist)},
-        "epochs": json.loads(config_file("train.json").read_text())["epochs"],
+        "epochs": config_value("train.json", "epochs"),
         "preprocessing": PreprocessingSettings.read(out / "models" / "model.pt"),
         "torch_threads": torch.get_num_threads(),
         "seconds": {k: round(v, 1) for k, v in timings.items()},

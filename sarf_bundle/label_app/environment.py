@@ -60,12 +60,11 @@ CONSTRAINTS = "sarf-constraints.txt"
 # Imports what the server needs (MONAI Label, the app's task, and everything the bundle's inference config builds:
 # its preprocessing and network) and reports the versions and where sarf_bundle was imported from.
 PROBE = """
-import json, platform, pathlib
+import json, platform
 import monai, monailabel, numpy, pydicom, torch
 import sarf_bundle, sarf_bundle.label_app.task
-from monai.bundle import ConfigParser
-parser = ConfigParser()
-parser.read_config(str(pathlib.Path(sarf_bundle.__file__).parents[1] / "configs" / "inference.json"))
+from sarf_bundle.bundle import read_config
+parser = read_config("inference.json")
 parser.get_parsed_content("preprocessing"), parser.get_parsed_content("network_def")
 print(json.dumps({
     "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,

@@ -13,7 +13,6 @@ The app loads the bundle from disk and never downloads one, so it needs no ``zoo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
+from sarf_bundle.bundle import read_config
 from sarf_bundle.label_app.task import ImageError, SequenceInferTask
 
 __all__ = ["DEFAULT_MODEL_NAME", "SequenceLabelApp"]
@@ -55,7 +55,7 @@ class SequenceLabelApp(MONAILabelApp):
         self.bundle_root = Path(conf.get("bundle_root", DEFAULT_BUNDLE_ROOT)).expanduser().resolve()
         self.model_path = Path(conf.get("model_path", self.bundle_root / "models" / "model.pt")).expanduser().resolve()
         metadata_file = self.bundle_root / "configs" / "metadata.json"
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+        metadata = read_config(metadata_file).get() if metadata_file.is_file() else {}
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -5,27 +5,26 @@ slice stack to the network as one 7-channel image, while the network classifies 
 the volume's probabilities are the mean of the slices' softmax; and its restore step, meant for
 segmentation masks, fails on a class vector. :class:`SequenceInferTask` is a ``BasicInferTask`` that takes
 the network, the preprocessing, the inferer, the class names and (when the config has one) the temperature
-from ``configs/inference.json`` (through MONAI's ``ConfigParser``, as ``python -m monai.bundle run`` does),
+from ``configs/inference.json`` (through :func:`~sarf_bundle.bundle.read_config`, MONAI's ``ConfigParser`` as
+``python -m monai.bundle run`` uses it),
 turns the stack into slices with :class:`~sarf_bundle.data.SliceBatch` and averages their softmax with
 :func:`~sarf_bundle.data.volume_probabilities`, as the bundle's evaluation and inference do.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from sarf_bundle.bundle import checkpoint_settings
+from sarf_bundle.bundle import checkpoint_settings, read_config
 from sarf_bundle.data import SliceBatch, error_message, volume_probabilities
 from sarf_bundle.prediction import decide
 
@@ -66,11 +65,12 @@ class SequenceInferTask(BasicInferTask):
                 f"Checkpoint {model_path} does not exist; train one (`python -m monai.bundle run training ...`) "
                 "or name one with `--conf model_path PATH`."
             )
-        self.parser = ConfigParser()
-        self.parser.read_config(str(config_file))
-        self.parser["bundle_root"] = str(bundle_root)
-        self.parser["ckpt_dir"] = str(model_path.parent)  # files kept beside the checkpoint follow it
-        self.parser.update(checkpoint_settings(model_path))  # the preprocessing the model was trained with
+        self.parser = read_config(
+            config_file,
+            bundle_root=str(bundle_root),
+            ckpt_dir=str(model_path.parent),  # files kept beside the checkpoint follow it
+            **checkpoint_settings(model_path),  # the preprocessing the model was trained with
+        )
         if description is None:
             description = self._metadata_description(config_file.parent / "metadata.json")
         self.class_names = [str(c) for c in self.parser.get_parsed_content("class_names")]
@@ -88,7 +88,7 @@ class SequenceInferTask(BasicInferTask):
     @staticmethod
     def _metadata_description(metadata: Path) -> str:
         """The ``task`` of the bundle's ``metadata.json``, or a fixed text where there is none."""
-        task = json.loads(metadata.read_text()).get("task") if metadata.is_file() else None
+        task = read_config(metadata).get("task") if metadata.is_file() else None
         return str(task) if task else "Brain MRI sequence classification"
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
 
 import sarf_bundle.experiments as experiments
 from sarf_bundle import SEQUENCES
-from sarf_bundle.bundle import BUNDLE_ROOT, run_bundle
+from sarf_bundle.bundle import config_value, read_config, run_bundle
 from sarf_bundle.cli import main
 from sarf_bundle.data import load_datalist
 from sarf_bundle.experiments import FOLD_EVALUATIONS, METHODS, crossval, fold_ids, run_crossval
@@ -121,8 +120,7 @@ def test_rerun_skips_finished_folds(crossvalidated, simulated_dataset, monkeypat
 
 
 def test_gradcam_method_reaches_the_loss_through_the_config():
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser = read_config("train.json")
     assert parser["saliency"] == "dtd"
     parser.update(METHODS["sarf-gradcam"])
     loss = parser.get_parsed_content("loss")
@@ -138,7 +136,7 @@ def test_changed_settings_interrupted_folds_and_changed_datalist_retrain(simulat
     run(first)
     assert [fold for _, fold, _ in first.calls] == [0] * 4 + [1] * 4
     unchanged = Recorder(fake=True)
-    default_rate = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["learning_rate"]
+    default_rate = config_value("train.json", "learning_rate")
     run(unchanged, learning_rate=default_rate, num_workers=3)  # train.json's learning rate; num_workers does not count
     assert unchanged.calls == []
     changed = Recorder(fake=True)
@@ -217,9 +215,7 @@ def test_whole_head_control_still_strips_its_stripped_validation(simulated_datas
 @pytest.mark.parametrize("fold", [0, 1])
 def test_a_folds_validation_subjects_are_left_out_of_its_training(simulated_dataset, fold):
     """configs/train.json trains on the other folds and validates on fold ``fold``: no subject in both, none left out."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
-    parser.update({"dataset_dir": str(simulated_dataset.parent), "fold": fold})
+    parser = read_config("train.json", dataset_dir=str(simulated_dataset.parent), fold=fold)
     train, validation = parser.get_parsed_content("train#dataset#data"), parser.get_parsed_content("validate#dataset#data")
     entries = json.loads(simulated_dataset.read_text())
     pool = {str(simulated_dataset.parent / e["image"]): e for e in entries["training"]}
