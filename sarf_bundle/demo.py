@@ -10,10 +10,11 @@ the ROAD test.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from .bundle import BUNDLE_ROOT, checkpoint_settings, config_value, run_bundle
 from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
 from .explain import explain
-from .files import atomic_write_text
+from .files import atomic_copy, atomic_write_bytes, atomic_write_text
 from .faithfulness import faithfulness
 from .handlers import read_prediction_csv
 from .simulation.dataset import synthesize, synthesize_unknown
@@ -78,49 +79,88 @@ def run_demo(
     out = Path(out).resolve()
     start = time.time()
     timings: dict[str, float] = {}
-    datalist = synthesize(out / "data", subjects=subjects, seed=seed, workers=workers, test_fraction=0.25, voxel_scale=voxel_scale)
-    timings["simulate"] = time.time() - start
+    with _timed(timings, "simulate"):
+        datalist = synthesize(out / "data", subjects=subjects, seed=seed, workers=workers, test_fraction=0.25, voxel_scale=voxel_scale)
     common = dict(dataset_dir=str(out / "data"), epochs=epochs, image_size=image_size, learning_rate=learning_rate, num_workers=workers, seed=seed)
+    results = _train_methods(out, timings, **common)
+    confidence = _classify_test_folder(out, datalist, timings, image_size, workers, seed, voxel_scale, unknown_volumes)
+    explained, road = _explain_and_road(out, datalist, timings, image_size, road_volumes)
+    timings["total"] = time.time() - start
+    settings = {"subjects": subjects, "epochs": epochs, "image_size": image_size, "voxel_scale": voxel_scale, "learning_rate": learning_rate, "seed": seed}
+    summary = _training_summary(out, datalist, settings, timings, results, confidence, explained, road)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    print_summary(summary)
+    return str(out / "summary.json")
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block, in seconds, as ``timings[name]``."""
+    tick = time.time()
+    yield
+    timings[name] = time.time() - tick
+
+
+def _train_methods(out: Path, timings: dict[str, float], **common) -> dict[str, dict]:
+    """Train, calibrate and evaluate each of :data:`METHODS` in ``<out>/<method>``; the test metrics per method."""
+    steps = {"train": ("training", ["train.json"]), "calibrate": ("run", ["train.json", "calibrate.json"]), "evaluate": ("run", ["train.json", "evaluate.json"])}
     results = {}
     for method, weights in METHODS.items():
         root = out / method
-        tick = time.time()
-        run_bundle("training", ["train.json"], bundle_root=str(root), **common, **weights)
-        timings[f"train_{method}"] = time.time() - tick
-        tick = time.time()
-        run_bundle("run", ["train.json", "calibrate.json"], bundle_root=str(root), **common, **weights)
-        timings[f"calibrate_{method}"] = time.time() - tick
-        tick = time.time()
-        run_bundle("run", ["train.json", "evaluate.json"], bundle_root=str(root), **common, **weights)
-        timings[f"evaluate_{method}"] = time.time() - tick
+        for step, (run_id, configs) in steps.items():
+            with _timed(timings, f"{step}_{method}"):
+                run_bundle(run_id, configs, bundle_root=str(root), **common, **weights)
         results[method] = json.loads((root / "eval" / "metrics.json").read_text())
+    return results
+
+
+def _add_corrupt_file(inputs: Path) -> None:
+    """The demo's unreadable input, ``corrupt.nii.gz``."""
+    atomic_write_bytes(inputs / "corrupt.nii.gz", b"not a NIfTI file")
+
+
+def _classify_test_folder(
+    out: Path, datalist: Path, timings: dict[str, float], image_size: int, workers: int, seed: int, voxel_scale: float, unknown_volumes: int
+) -> dict:
+    """Classify the test volumes, a corrupt file and proton-density volumes (``<out>/inference_input``) with the
+    trained SaRF model through ``configs/inference.json``; the :func:`confidence_report` of its CSV."""
     inputs = out / "inference_input"
     inputs.mkdir(exist_ok=True)
     for entry in load_datalist(datalist, "testing"):
-        shutil.copy(entry["image"], inputs / Path(entry["image"]).name)
-    (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
-    tick = time.time()
-    synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
-    timings["simulate_unknown"] = time.time() - tick
-    (out / "sarf" / "eval" / "sequence_predictions.csv").unlink(missing_ok=True)
-    tick = time.time()
-    run_bundle(
-        "run", ["inference.json"], bundle_root=str(out / "sarf"), dataset_dir=str(inputs),
-        output_csv=str(out / "sarf" / "eval" / "sequence_predictions.csv"), image_size=image_size, num_workers=workers,
-    )
-    timings["inference"] = time.time() - tick
-    confidence = confidence_report(read_prediction_csv(out / "sarf" / "eval" / "sequence_predictions.csv"))
+        atomic_copy(entry["image"], inputs / Path(entry["image"]).name)
+    _add_corrupt_file(inputs)
+    with _timed(timings, "simulate_unknown"):
+        synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
+    output_csv = out / "sarf" / "eval" / "sequence_predictions.csv"
+    output_csv.unlink(missing_ok=True)
+    with _timed(timings, "inference"):
+        run_bundle(
+            "run", ["inference.json"], bundle_root=str(out / "sarf"), dataset_dir=str(inputs),
+            output_csv=str(output_csv), image_size=image_size, num_workers=workers,
+        )  # fmt: skip
+    return confidence_report(read_prediction_csv(output_csv))
+
+
+def _explain_and_road(out: Path, datalist: Path, timings: dict[str, float], image_size: int, road_volumes: int) -> tuple[dict[str, str], dict]:
+    """Relevance maps of a test T1Gd volume and the ROAD test, for every trained method; the paths of the maps and
+    the content of ``road.json``."""
     models, names = [str(out / m / "models" / "model.pt") for m in METHODS], list(METHODS)
-    tick = time.time()
-    example = next(e for e in load_datalist(datalist, "testing") if e["sequence"] == "T1Gd")["image"]
-    explained = explain(example, model=models, names=names, out=str(out / "explanations"), image_size=image_size)
-    timings["explain"] = time.time() - tick
-    tick = time.time()
-    road = json.loads(Path(faithfulness(str(datalist), model=models, names=names, out=str(out / "faithfulness"), limit=road_volumes, image_size=image_size)).read_text())
-    timings["faithfulness"] = time.time() - tick
-    timings["total"] = time.time() - start
-    summary = {
-        "settings": {"subjects": subjects, "epochs": epochs, "image_size": image_size, "voxel_scale": voxel_scale, "learning_rate": learning_rate, "seed": seed},
+    with _timed(timings, "explain"):
+        example = next(e for e in load_datalist(datalist, "testing") if e["sequence"] == "T1Gd")["image"]
+        explained = explain(example, model=models, names=names, out=str(out / "explanations"), image_size=image_size)
+    with _timed(timings, "faithfulness"):
+        road_file = faithfulness(str(datalist), model=models, names=names, out=str(out / "faithfulness"), limit=road_volumes, image_size=image_size)
+        road = json.loads(Path(road_file).read_text())
+    return explained, road
+
+
+def _training_summary(
+    out: Path, datalist: Path, settings: dict, timings: dict[str, float], results: dict[str, dict], confidence: dict, explained: dict[str, str], road: dict
+) -> dict:
+    """The training demo's ``summary.json``: settings, seconds, test metrics, confidence, ROAD and output paths."""
+    names = list(METHODS)
+    return {
+        "settings": settings,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "test": {
             method: {
@@ -149,9 +189,6 @@ def run_demo(
             "tensorboard": str(out / "sarf" / "eval" / "tensorboard"),
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print_summary(summary)
-    return str(out / "summary.json")
 
 
 def true_sequence(file: str) -> str | None:
@@ -208,13 +245,13 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
             number = list(DICOM_SERIES).index(entry["sequence"]) + 1
             write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, target, header, series_number=number, series_uid=uid)
         else:
-            shutil.copy(source, target)
+            atomic_copy(source, target)
     if not list(inputs.glob("unknown-*_PD.nii.gz")):
         synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
-    (inputs / "corrupt.nii.gz").write_bytes(b"not a NIfTI file")
+    _add_corrupt_file(inputs)
     for name in ("ch2", "ch2bet", "ch2better"):
         if (COLIN27 / f"{name}.nii.gz").is_file() and not (inputs / f"colin27-{name}_T1.nii.gz").exists():
-            shutil.copy(COLIN27 / f"{name}.nii.gz", inputs / f"colin27-{name}_T1.nii.gz")
+            atomic_copy(COLIN27 / f"{name}.nii.gz", inputs / f"colin27-{name}_T1.nii.gz")
     timings["simulate"] = time.time() - start
     tick = time.time()
     output_csv = out / "sequence_predictions.csv"

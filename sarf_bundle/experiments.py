@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .bundle import bundle_version, read_config, run_bundle  # noqa: E402
-from .files import atomic_write_text  # noqa: E402
+from .files import atomic_write_text, save_figure  # noqa: E402
 from .data import load_datalist  # noqa: E402
 from .metrics import aggregate_folds, summary_value  # noqa: E402
 
@@ -560,10 +560,7 @@ def _draw_heatmap(values: np.ndarray, alphas: Sequence[float], betas: Sequence[f
     ax.set_title(f"{title}\nmean over folds; blank: not run", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def _print_headline(name: str, result: dict, n_folds: int) -> None:

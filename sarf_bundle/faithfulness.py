@@ -379,24 +379,7 @@ def faithfulness(
             "seed": seed,
             "overrides": {k: str(v) for k, v in sorted(overrides.items())},
         }
-        rows, seconds = [], []
-        for entry in tqdm(entries, desc=f"ROAD {name}", unit="volume"):
-            cache = out / "volumes" / name / f"{Path(entry['image']).name}.json"
-            if cache.is_file() and (kept := json.loads(cache.read_text()))["settings"] == settings:
-                rows.append(kept)
-                continue
-            tick = time.perf_counter()
-            try:
-                slices = bundle.load(entry["image"])
-            except ValueError as error:
-                errors.setdefault(entry["image"], str(error))
-                continue
-            rng = np.random.default_rng([seed, zlib.crc32(Path(entry["image"]).name.encode())])
-            probabilities = road_volume(bundle, slices, levels, noise, rng, target=entry["label"] if target == "label" else None)
-            row = {"file": entry["image"], "label": int(entry["label"]), "probabilities": probabilities.tolist(), "settings": settings}
-            seconds.append(time.perf_counter() - tick)
-            atomic_write_text(cache, json.dumps(row))
-            rows.append(row)
+        rows, seconds = _road_rows(bundle, entries, out / "volumes" / name, settings, errors, desc=f"ROAD {name}")
         if not rows:
             raise ValueError(f"No volume of {datalist} split {split!r} could be evaluated: {errors}")
         results[name] = _road_summary(rows, levels, bundle.class_names, family, seconds)
@@ -411,6 +394,47 @@ def faithfulness(
         "models": results,
         "errors": errors,
     }
+    _write_road(out, report)
+    for name, result in results.items():
+        print(f"{name}: F1 {result['f1'][0]:.3f} -> decrease " + " ".join(f"{level:g}%:{d:+.3f}" for level, d in zip(levels, result["f1_decrease"][1:])))
+    for message in errors.values():
+        print(f"skipped {message}")
+    return str(out / "road.json")
+
+
+def _road_rows(
+    bundle: InferenceBundle, entries: list[dict], folder: Path, settings: dict, errors: dict[str, str], desc: str
+) -> tuple[list[dict], list[float]]:
+    """One model's ROAD result per volume, and the seconds of those computed now.
+
+    A volume's result is read from ``folder`` when it was computed with the same ``settings``, else computed
+    (:func:`road_volume`) and kept there at once. A volume that cannot be read goes into ``errors`` and is skipped.
+    """
+    levels, noise, seed = settings["levels"], settings["noise"], settings["seed"]
+    rows, seconds = [], []
+    for entry in tqdm(entries, desc=desc, unit="volume"):
+        cache = folder / f"{Path(entry['image']).name}.json"
+        if cache.is_file() and (kept := json.loads(cache.read_text()))["settings"] == settings:
+            rows.append(kept)
+            continue
+        tick = time.perf_counter()
+        try:
+            slices = bundle.load(entry["image"])
+        except ValueError as error:
+            errors.setdefault(entry["image"], str(error))
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(Path(entry["image"]).name.encode())])
+        probabilities = road_volume(bundle, slices, levels, noise, rng, target=entry["label"] if settings["target"] == "label" else None)
+        row = {"file": entry["image"], "label": int(entry["label"]), "probabilities": probabilities.tolist(), "settings": settings}
+        seconds.append(time.perf_counter() - tick)
+        atomic_write_text(cache, json.dumps(row))
+        rows.append(row)
+    return rows, seconds
+
+
+def _write_road(out: Path, report: dict) -> None:
+    """``road.json`` (the report), ``road.csv`` (F1, its decrease and accuracy per model and level) and ``road.png``."""
+    levels, results = report["levels"], report["models"]
     atomic_write_text(out / "road.json", json.dumps(report, indent=1))
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -420,11 +444,6 @@ def faithfulness(
             writer.writerow([name, level, result["f1"][i], result["f1_decrease"][i], result["accuracy"][i]])
     atomic_write_text(out / "road.csv", table.getvalue())
     road_figure(levels, {name: r["f1_decrease"][1:] for name, r in results.items()}, out / "road.png", metric="F1")
-    for name, result in results.items():
-        print(f"{name}: F1 {result['f1'][0]:.3f} -> decrease " + " ".join(f"{level:g}%:{d:+.3f}" for level, d in zip(levels, result["f1_decrease"][1:])))
-    for message in errors.values():
-        print(f"skipped {message}")
-    return str(out / "road.json")
 
 
 def _road_summary(rows: list[dict], levels: Sequence[float], class_names: Sequence[str], family: str, seconds: list[float]) -> dict:

@@ -1,8 +1,10 @@
 """Files: atomic writes (a temporary file in the destination folder, then a rename), claims that let concurrent
 runs share a folder's work, and a quiet image loader.
 
-An interrupted run never leaves a half-written NIfTI, datalist, report or CSV behind, and two runs started on one
-folder classify each input once between them.
+Every file the package writes for a user goes through one of the atomic writers here (:func:`atomic_write_text`,
+:func:`atomic_write_bytes`, :func:`atomic_copy`, :func:`atomic_torch_save`, :func:`write_nifti`, :func:`save_figure`):
+an interrupted run never leaves a half-written NIfTI, datalist, report, figure or CSV behind, and two runs started
+on one folder classify each input once between them.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import LoadImage
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
+    "atomic_copy",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -33,6 +40,7 @@ __all__ = [
     "image_loader",
     "locked",
     "finish_claims",
+    "save_figure",
     "shared_run",
     "write_nifti",
 ]
@@ -56,16 +64,59 @@ def image_loader(**kwargs) -> LoadImage:
         plugin_log.setLevel(level)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; renamed onto ``path`` when the block ends, removed if it raises.
+
+    The name is unique (writers may run at once) and ends with ``suffix`` (e.g. ``.nii.gz`` for nibabel).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # unique: writers may run at once
-    try:
+    with _replacing(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy a file's content to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: float | None = None, **kwargs: Any) -> Path:
+    """Save a Matplotlib figure atomically and close it; returns the path.
+
+    The figure is rendered in memory (format from the file's extension), then written with
+    :func:`atomic_write_bytes`: a render that fails leaves no file and an existing one as it was. The figure is
+    closed either way.
+
+    Args:
+        fig: the figure.
+        path: the file to write (its folder is created).
+        dpi: resolution; None for Matplotlib's ``savefig.dpi``.
+        **kwargs: other arguments of ``Figure.savefig``, e.g. ``bbox_inches="tight"``.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=path.suffix.removeprefix(".") or None, dpi=dpi, **kwargs)
     finally:
-        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> bytes:
@@ -98,14 +149,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, storage: str 
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
-    os.close(fd)
-    try:
+    with _replacing(Path(path), suffix=".tmp.nii.gz") as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager

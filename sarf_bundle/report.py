@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from .experiments import FOLD_EVALUATIONS, METHODS  # noqa: E402
+from .files import atomic_write_text, save_figure  # noqa: E402
 from .metrics import FAMILIES, aggregate_folds, classification_metrics, reliability_bins, summary_value  # noqa: E402
 
 __all__ = [
@@ -315,9 +316,7 @@ def plot_confusion_matrix(method: MethodRun, path: Path) -> Path:
     ax.set_ylabel("ground-truth class (volumes)")
     ax.set_title(f"{method.name}: {len(method.folds)} folds pooled, normalised per ground-truth class", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_reliability(methods: Sequence[MethodRun], n_bins: int, path: Path) -> Path:
@@ -338,9 +337,7 @@ def plot_reliability(methods: Sequence[MethodRun], n_bins: int, path: Path) -> P
     ax.legend(fontsize=8, loc="upper left")
     hist.set_xlabel("top-label confidence")
     hist.set_ylabel("fraction of volumes")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_f1_violins(methods: Sequence[MethodRun], path: Path) -> Path:
@@ -369,9 +366,7 @@ def plot_f1_violins(methods: Sequence[MethodRun], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colours[m.name], label=m.name) for m in methods]
     fig.legend(handles=handles, fontsize=8, ncol=min(len(methods), 6), loc="outside upper center")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _inline_html(text: str) -> str:
@@ -569,8 +564,8 @@ def write_report(
         flags.append(f"The methods were not tested on the same volumes (distinct test files: {sizes}).")
     blocks = [*_overview(methods, flags, command, n_bins), *_family_tables(methods), *_figures(methods, out, n_bins)]
     markdown, page = _render(blocks, out)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(page)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", page)
     data = {
         "command": command,
         "n_bins": n_bins,
@@ -589,7 +584,7 @@ def write_report(
             for m in methods
         },
     }
-    (out / "report.json").write_text(json.dumps(_clean_json(data), indent=1))
+    atomic_write_text(out / "report.json", json.dumps(_clean_json(data), indent=1))
     return out / "report.md"
 
 

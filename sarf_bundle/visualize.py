@@ -14,17 +14,9 @@ import numpy as np  # noqa: E402
 
 from . import SEQUENCES  # noqa: E402
 from .data import load_datalist  # noqa: E402
+from .files import save_figure  # noqa: E402
 
-__all__ = ["axial_slice", "datalist_montage", "radiological", "relevance_figure", "road_figure", "save_figure"]
-
-
-def save_figure(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
-    """Save a figure (its folder created) and close it; returns the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+__all__ = ["axial_slice", "datalist_montage", "radiological", "relevance_figure", "road_figure"]
 
 
 def radiological(array: np.ndarray) -> np.ndarray:
