@@ -23,6 +23,7 @@ __all__ = [
     "PreprocessingSettings",
     "bundle_version",
     "checkpoint_settings",
+    "config_content",
     "config_file",
     "config_value",
     "load_inference_bundle",
@@ -72,19 +73,37 @@ def read_config(*configs: str | os.PathLike, **overrides: Any) -> ConfigParser:
         >>> read_config("train.json", "evaluate.json", epochs=5)["epochs"]
         5
     """
-    paths = [Path(c) if isinstance(c, os.PathLike) or Path(c).name != c else config_file(c) for c in configs]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist.")
     parser = ConfigParser()
-    parser.read_config([str(p) for p in paths])
+    parser.read_config([str(_config_path(c)) for c in configs])
     parser.update(overrides)
     return parser
 
 
+def config_content(config: str | os.PathLike) -> dict[str, Any]:
+    """The raw content of one config file as MONAI loads it (``ConfigParser.load_config_file``): its own top-level
+    keys, ``#`` ids not expanded, nothing resolved. For a file that only makes sense merged with another (such as
+    ``evaluate.json``, which overrides ``train.json``) this is how to see which keys it sets; ``config`` as in
+    :func:`read_config`."""
+    return dict(ConfigParser.load_config_file(str(_config_path(config))))
+
+
 def config_value(config: str | os.PathLike, key: str) -> Any:
-    """One raw value of a config file (:func:`read_config`), e.g. ``config_value("train.json", "epochs")``."""
-    return read_config(config)[key]
+    """One raw value of a config file (:func:`config_content`), e.g. ``config_value("train.json", "epochs")``."""
+    return config_content(config)[key]
+
+
+def _config_path(config: str | os.PathLike) -> Path:
+    """A bare file name as a file of the bundle's ``configs/`` (:func:`config_file`), a path as it is.
+
+    Raises:
+        FileNotFoundError: when the file is not there.
+    """
+    if not isinstance(config, os.PathLike) and Path(config).name == config:
+        return config_file(config)
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    return path
 
 
 def bundle_version() -> str:

@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .bundle import bundle_version, read_config, run_bundle  # noqa: E402
+from .bundle import bundle_version, config_content, read_config, run_bundle  # noqa: E402
 from .files import atomic_write_text, save_figure  # noqa: E402
 from .data import load_datalist  # noqa: E402
 from .metrics import aggregate_folds, summary_value  # noqa: E402
@@ -475,7 +475,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
     changes the evaluation as well, and counts as a change).
     """
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    train, evaluated = read_config("train.json"), read_config("evaluate.json")
+    train, evaluated = read_config("train.json"), config_content("evaluate.json")
     changes = {}
     for key in sorted((set(old) | set(new)) - UNCOMPARED_KEYS):
         default = train[key] if key in train and key not in evaluated else NOT_SET

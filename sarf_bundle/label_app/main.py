@@ -23,7 +23,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
-from sarf_bundle.bundle import read_config
+from sarf_bundle.bundle import config_content
 from sarf_bundle.label_app.task import ImageError, SequenceInferTask
 
 __all__ = ["DEFAULT_MODEL_NAME", "SequenceLabelApp"]
@@ -55,7 +55,7 @@ class SequenceLabelApp(MONAILabelApp):
         self.bundle_root = Path(conf.get("bundle_root", DEFAULT_BUNDLE_ROOT)).expanduser().resolve()
         self.model_path = Path(conf.get("model_path", self.bundle_root / "models" / "model.pt")).expanduser().resolve()
         metadata_file = self.bundle_root / "configs" / "metadata.json"
-        metadata = read_config(metadata_file).get() if metadata_file.is_file() else {}
+        metadata = config_content(metadata_file) if metadata_file.is_file() else {}
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -24,7 +24,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from sarf_bundle.bundle import checkpoint_settings, read_config
+from sarf_bundle.bundle import checkpoint_settings, config_content, read_config
 from sarf_bundle.data import SliceBatch, error_message, volume_probabilities
 from sarf_bundle.prediction import decide
 
@@ -88,7 +88,7 @@ class SequenceInferTask(BasicInferTask):
     @staticmethod
     def _metadata_description(metadata: Path) -> str:
         """The ``task`` of the bundle's ``metadata.json``, or a fixed text where there is none."""
-        task = read_config(metadata).get("task") if metadata.is_file() else None
+        task = config_content(metadata).get("task") if metadata.is_file() else None
         return str(task) if task else "Brain MRI sequence classification"
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:

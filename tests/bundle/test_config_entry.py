@@ -8,7 +8,7 @@ import shutil
 import pytest
 from monai.bundle import ConfigParser
 
-from sarf_bundle.bundle import BUNDLE_ROOT, bundle_version, config_value, read_config
+from sarf_bundle.bundle import BUNDLE_ROOT, bundle_version, config_content, config_value, read_config
 
 CONFIGS = BUNDLE_ROOT / "configs"
 
@@ -35,6 +35,12 @@ def test_overrides_and_paths_give_monais_values():
     assert read_config(str(CONFIGS / "inference.json")).get() == _monai("inference.json").get()
 
 
+def test_config_content_is_one_files_own_keys():
+    for name in ("train.json", "evaluate.json", "inference.json", "metadata.json"):
+        assert config_content(name) == ConfigParser.load_config_file(CONFIGS / name) == json.loads((CONFIGS / name).read_text())
+    assert "validate#dataset#data" in config_content("evaluate.json")  # an override file: its ids are not expanded
+
+
 def test_config_value_and_bundle_version_are_the_files_values():
     for name in ("train.json", "inference.json", "metadata.json"):
         content = json.loads((CONFIGS / name).read_text())
@@ -50,7 +56,7 @@ def test_a_config_of_another_folder_and_missing_files(tmp_path):
     shutil.copy(CONFIGS / "metadata.json", other / "metadata.json")
     (other / "metadata.json").write_text(json.dumps({**json.loads((CONFIGS / "metadata.json").read_text()), "task": "elsewhere"}))
     assert read_config(other / "metadata.json")["task"] == "elsewhere"
-    assert config_value(other / "metadata.json", "task") == "elsewhere"
+    assert config_value(other / "metadata.json", "task") == config_content(str(other / "metadata.json"))["task"] == "elsewhere"
     with pytest.raises(FileNotFoundError, match="nothing.json"):
         read_config(tmp_path / "nothing.json")
     with pytest.raises(FileNotFoundError, match=r"configs/nothing.json does not exist.*pip install -e \."):
