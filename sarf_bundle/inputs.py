@@ -28,7 +28,7 @@ from monai.transforms import MapTransform, Transform
 from .dicom import DicomSeries, read_series
 from .files import image_loader
 from .reduce_4d import ImageTags, reduce_4d
-from .transforms import foreground_mask
+from .foreground import foreground_mask
 
 __all__ = [
     "CheckVolume",
