@@ -1,7 +1,7 @@
 """The head (or brain) foreground of an image: Otsu's threshold about the background, as a mask or as counts per axis.
 
 The crop and the slice selection (:mod:`sarf_bundle.transforms.spatial`) locate the head by its foreground, and
-:class:`~sarf_bundle.inputs.CheckVolume` warns when the foreground is wider than a head. Counting the foreground
+:class:`~sarf_bundle.inputs.CheckInputVolume` warns when the foreground is wider than a head. Counting the foreground
 along the axes is done block by block (:func:`foreground_profiles`), in one pass over the volume in memory order,
 without a temporary the size of the volume.
 """
