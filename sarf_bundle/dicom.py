@@ -312,7 +312,7 @@ class _SeriesReader(PydicomReader):
         filenames = [str(f) for f in ensure_tuple(data)]
         options = {**self.kwargs, **kwargs}
         slices = [pydicom.dcmread(name, **options) for name in filenames]
-        _check_volume(slices, filenames)
+        _check_regular_slices(slices, filenames)
         for rank, dataset in enumerate(slices, start=1):
             dataset.InstanceNumber = rank
         self.has_series = len(slices) > 1
@@ -323,7 +323,7 @@ class _SeriesReader(PydicomReader):
         return slices
 
 
-def _check_volume(slices: Sequence[Dataset], filenames: Sequence[str]) -> None:
+def _check_regular_slices(slices: Sequence[Dataset], filenames: Sequence[str]) -> None:
     """Raise a ValueError when the slices are not one volume with regular slice spacing."""
     where = f"the {len(slices)} files from {filenames[0]} on"
     problem = _geometry_problem([_geometry(ds) for ds in slices])

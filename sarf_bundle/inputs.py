@@ -1,7 +1,7 @@
 """Real-world inputs: NIfTI files and DICOM series read with MONAI's readers, the 4D rule, and checks.
 
 A folder from a hospital holds NIfTI files, DICOM series, 4D series and broken files side by side.
-:class:`LoadVolume` reads one input as a single-channel volume ``(1, X, Y, Z)``; :class:`CheckVolume`
+:class:`LoadVolume` reads one input as a single-channel volume ``(1, X, Y, Z)``; :class:`CheckInputVolume`
 refuses what cannot be classified with a :class:`VolumeError` that says what is wrong, and warns (the
 status becomes ``uncertain``) about what looks like no head at all. Both have dictionary twins.
 
@@ -28,11 +28,11 @@ from monai.transforms import MapTransform, Transform
 from .dicom import DicomSeries, read_series
 from .files import image_loader
 from .reduce_4d import ImageTags, reduce_4d
-from .transforms import foreground_mask
+from .foreground import foreground_mask
 
 __all__ = [
-    "CheckVolume",
-    "CheckVolumed",
+    "CheckInputVolume",
+    "CheckInputVolumed",
     "Float32NibabelReader",
     "LoadVolume",
     "LoadVolumed",
@@ -229,13 +229,13 @@ class LoadVolumed(MapTransform):
         return d
 
 
-class CheckVolume(Transform):
+class CheckInputVolume(Transform):
     """Refuse a volume ``(1, X, Y, Z)`` that cannot be classified, and say when it does not look like a head.
 
     Errors (:class:`VolumeError`): a 2D image (a spatial size of 1), NaN or infinite values, a constant
     image (e.g. all zero), a voxel spacing outside ``spacing_mm`` (a broken header), a singular affine (voxel axes
     that are not independent, so no orientation), fewer than
-    ``min_slices`` slices along the axis closest to cranio-caudal. The warning (returned, not raised): the
+    ``min_slices`` slices along the axis closest to cranio-caudal. The warning (in the metadata, not raised): the
     foreground (Otsu, on a coarse copy) spans more than ``max_head_mm`` in either axial direction.
 
     Args:
@@ -245,7 +245,8 @@ class CheckVolume(Transform):
         max_head_mm: largest plausible extent of a head in the axial plane, in mm.
 
     Returns:
-        ``(image, warning)``: the unchanged image and ``""`` or the warning.
+        The unchanged image (a MetaTensor; a plain tensor is wrapped, without a copy), whose
+        ``meta["sarf_warning"]`` is ``""`` or the warning, so that the check chains with the next transform.
     """
 
     def __init__(self, min_slices: int = 7, spacing_mm: tuple[float, float] = (0.1, 25.0), max_head_mm: float = 260.0) -> None:
@@ -253,7 +254,7 @@ class CheckVolume(Transform):
         self.spacing_mm = spacing_mm
         self.max_head_mm = max_head_mm
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def __call__(self, image: torch.Tensor) -> MetaTensor:
         shape = tuple(image.shape[1:])
         if len(shape) != 3 or min(shape) == 1:
             raise VolumeError(f"2D image of shape {shape}: a 3D volume with at least {self.min_slices} slices is needed")
@@ -276,7 +277,10 @@ class CheckVolume(Transform):
         cranio_caudal = 3 - sum(axial_axes)
         if shape[cranio_caudal] < self.min_slices:
             raise VolumeError(f"only {shape[cranio_caudal]} slices along the cranio-caudal axis: at least {self.min_slices} are needed")
-        return image, self._head_warning(image, spacing, axial_axes)
+        warning = self._head_warning(image, spacing, axial_axes)
+        image = image if isinstance(image, MetaTensor) else MetaTensor(image)
+        image.meta["sarf_warning"] = warning
+        return image
 
     def _head_warning(self, image: torch.Tensor, spacing: np.ndarray, axial_axes: list[int]) -> str:
         step = [max(1, round(4.0 / float(s))) for s in spacing]  # about 4 mm voxels
@@ -296,8 +300,8 @@ class CheckVolume(Transform):
         return ""
 
 
-class CheckVolumed(MapTransform):
-    """Dictionary twin of :class:`CheckVolume`; stores the warning under ``warning_key``."""
+class CheckInputVolumed(MapTransform):
+    """Dictionary twin of :class:`CheckInputVolume`; also stores the warning (of all keys) under ``warning_key``."""
 
     def __init__(
         self,
@@ -309,14 +313,14 @@ class CheckVolumed(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.checker = CheckVolume(min_slices, tuple(spacing_mm), max_head_mm)
+        self.checker = CheckInputVolume(min_slices, tuple(spacing_mm), max_head_mm)
         self.warning_key = warning_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         warnings = []
         for key in self.key_iterator(d):
-            d[key], warning = self.checker(d[key])
-            warnings.append(warning)
+            d[key] = self.checker(d[key])
+            warnings.append(d[key].meta["sarf_warning"])
         d[self.warning_key] = "; ".join(w for w in warnings if w)
         return d

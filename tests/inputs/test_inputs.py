@@ -21,7 +21,8 @@ from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import load_inference_bundle, run_bundle
 from sarf_bundle.data import InferenceDataset, list_volumes
 from sarf_bundle.handlers import read_prediction_csv
-from sarf_bundle.inputs import CheckVolume, LoadVolume, VolumeError
+from sarf_bundle.inputs import CheckInputVolume, CheckInputVolumed, LoadVolume, VolumeError
+from sarf_bundle.transforms import CropCranioCaudal, CropCranioCaudald, OrientationInPlace
 
 SIZE = 32  # the slice size of conftest's bundle_root
 EXPECTED_BIDS_NAMES = {  # BIDS "Magnetic Resonance Imaging": anat suffixes, the dwi suffix, the ce-<label> entity
@@ -115,16 +116,35 @@ def test_confidence_threshold_marks_uncertain(bundle_root, messy_folder):
     assert good["status"] == "uncertain" and "below the threshold 0.99" in good["message"]
 
 
-def test_check_volume_passes_a_head_and_names_each_problem():
+def test_check_input_volume_passes_a_head_and_names_each_problem():
     from monai.data import MetaTensor
 
     image = MetaTensor(torch.from_numpy(head())[None], affine=torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0])))
-    checked, warning = CheckVolume()(image)
-    assert checked is image and warning == ""
+    checked = CheckInputVolume()(image)
+    assert checked is image and checked.meta["sarf_warning"] == ""
     with pytest.raises(VolumeError, match="at least 20"):
-        CheckVolume(min_slices=20)(MetaTensor(image[..., :15], affine=image.affine))
+        CheckInputVolume(min_slices=20)(MetaTensor(image[..., :15], affine=image.affine))
     with pytest.raises(VolumeError, match=r"outside 0.1-25"):
-        CheckVolume()(MetaTensor(image, affine=torch.diag(torch.tensor([1.5, 0.01, 1.5, 1.0]))))
+        CheckInputVolume()(MetaTensor(image, affine=torch.diag(torch.tensor([1.5, 0.01, 1.5, 1.0]))))
+
+
+def test_check_input_volume_chains_and_carries_its_warning():
+    """The checked volume goes straight into the next transforms; the warning rides in its metadata to the end."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    wide = MetaTensor(torch.from_numpy(head())[None], affine=torch.diag(torch.tensor([3.0, 3.0, 1.5, 1.0])))  # 270 x 330 mm
+    chain = Compose([CheckInputVolume(), OrientationInPlace(axcodes="RAS"), CropCranioCaudal(extent_mm=60.0)])
+    cropped = chain(wide)
+    assert isinstance(cropped, MetaTensor) and cropped.shape == (1, 96, 112, 40)
+    assert cropped.meta["sarf_warning"] == CheckInputVolume()(wide.clone()).meta["sarf_warning"]
+    assert "more than a head (260 mm): is this a brain scan?" in cropped.meta["sarf_warning"]
+    data = Compose([CheckInputVolumed("image", warning_key="warning"), CropCranioCaudald("image", source_key="image", extent_mm=60.0)])(
+        {"image": wide.clone()}
+    )
+    assert data["warning"] == cropped.meta["sarf_warning"] and torch.equal(data["image"], cropped)
+    plain = CheckInputVolume()(torch.from_numpy(head())[None])
+    assert isinstance(plain, MetaTensor) and plain.meta["sarf_warning"] == ""
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,8 @@ def test_training_config_reads_the_cached_mask(colin27, colin27_deepbet, count_b
     for transform in transforms[: names.index("SkullStripd") + 1]:
         data = transform(data)
         if type(transform).__name__ == "BrainMaskd":
-            assert data["brain_mask"] == str(mask_file)
+            assert data["brain_mask"].meta["filename_or_obj"] == str(mask_file)
+            assert np.array_equal(data["brain_mask"][0].numpy(), np.asarray(nib.load(mask_file).dataobj, np.float32))
     assert not any(count_backend_calls.values()), count_backend_calls
     image, mask = data["image"], data["brain_mask"]
     assert image.shape == mask.shape and bool((mask > 0).any())
@@ -162,8 +163,9 @@ def test_second_pass_over_a_datalist_calls_no_backend(tmp_path, tiny_hd_bet_weig
     # The key is the content, not the name: a renamed copy is found in the cache.
     copy = tmp_path / "renamed.nii.gz"
     copy.write_bytes(images[0].read_bytes())
-    transform = BrainMaskd("image", backend="hd-bet-v2", cache_dir=tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights)
-    assert transform({"image": str(copy)})["brain_mask"] == transform({"image": str(images[0])})["brain_mask"]
+    transform = BrainMaskd("image", stripper=SkullStripper("hd-bet-v2", tmp_path / "cache", hd_bet_weights=tiny_hd_bet_weights))
+    of_copy, of_original = (transform({"image": str(f)})["brain_mask"] for f in (copy, images[0]))
+    assert of_copy.meta["filename_or_obj"] == of_original.meta["filename_or_obj"] and torch.equal(of_copy, of_original)
     assert count_backend_calls["hd-bet-v2"] == 2
 
 
@@ -204,8 +206,14 @@ def test_evaluation_and_inference_never_strip():
     assert names.index("BrainMaskd") < names.index("LoadVolumed") < names.index("SkullStripd")
 
 
-def test_mask_backend_needs_the_datalist_mask():
-    assert BrainMaskd("image")({"image": "a.nii.gz", "brain_mask": "a_mask.nii.gz"})["brain_mask"] == "a_mask.nii.gz"
+def test_mask_backend_needs_the_datalist_mask(tmp_path):
+    mask_file = tmp_path / "a_mask.nii.gz"
+    mask = np.zeros((6, 7, 8), np.uint8)
+    mask[2:4, 2:5, 3:6] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([1.0, 1.2, 2.0, 1.0])), mask_file)
+    loaded = BrainMaskd("image")({"image": "a.nii.gz", "brain_mask": str(mask_file)})["brain_mask"]
+    assert isinstance(loaded, MetaTensor) and loaded.shape == (1, 6, 7, 8) and loaded.meta["filename_or_obj"] == str(mask_file)
+    assert np.array_equal(loaded[0].numpy(), mask.astype(np.float32))
     with pytest.raises(ValueError, match=r"a.nii.gz has no 'brain_mask' file: skull-strip backend 'mask' needs"):
         BrainMaskd("image")({"image": "a.nii.gz"})
 
@@ -223,7 +231,21 @@ def test_bad_images_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf"reads NIfTI files \(.nii, .nii.gz\); got {text}"):
         stripper(text)
     with pytest.raises(TypeError, match=r"BrainMask needs the image file path, got MetaTensor: put it before LoadImage"):
-        BrainMask("deepbet", tmp_path / "cache")(MetaTensor(torch.zeros(1, 4, 4, 4)))
+        BrainMask(stripper)(MetaTensor(torch.zeros(1, 4, 4, 4)))
+
+
+def test_dictionary_and_array_brain_masks_are_the_cached_mask(colin27, colin27_deepbet, count_backend_calls):
+    """BrainMask and BrainMaskd, sharing one SkullStripper, give the same mask: the content of the cached file."""
+    head, _ = colin27
+    cache, mask_file = colin27_deepbet
+    stripper = SkullStripper("deepbet", cache, device="cpu")
+    array = BrainMask(stripper)(head)
+    dictionary = BrainMaskd("image", mask_key="brain_mask", stripper=stripper)({"image": str(head)})["brain_mask"]
+    assert not any(count_backend_calls.values()), count_backend_calls
+    assert isinstance(array, MetaTensor) and torch.equal(array, dictionary)
+    assert array.meta["filename_or_obj"] == dictionary.meta["filename_or_obj"] == str(mask_file)
+    assert np.array_equal(array[0].numpy(), np.asarray(nib.load(mask_file).dataobj, np.float32))
+    np.testing.assert_allclose(array.affine.numpy(), nib.load(head).affine, atol=1e-4)
 
 
 BAD_ARGUMENTS = [

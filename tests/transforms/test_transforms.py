@@ -1,4 +1,4 @@
-"""Tests of sarf_bundle.transforms on synthetic heads written to NIfTI and loaded the MONAI way."""
+"""Tests of sarf_bundle.transforms (spatial, intensity, brain_mask) on synthetic heads written to NIfTI and loaded the MONAI way."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from monai.transforms import (
 from nibabel.orientations import axcodes2ornt, ornt_transform
 
 from sarf_bundle.transforms import (
+    BrainMask,
     BrainMaskd,
     CropCranioCaudal,
     CropCranioCaudald,
@@ -27,9 +28,6 @@ from sarf_bundle.transforms import (
     SelectPercentileSlicesd,
     SkullStrip,
     SkullStripd,
-    foreground_mask,
-    foreground_profiles,
-    otsu_threshold,
 )
 
 SPACING = (1.1, 0.9, 2.5)
@@ -244,7 +242,8 @@ BAD_ARGUMENTS = [
     (NormalizeCentral, {"statistics": "median"}, ValueError, "statistics must be 'robust' or 'moments', got 'median'"),
     (NormalizeCentral, {"slices": [1.5]}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[1.5\]"),
     (NormalizeCentral, {"slices": []}, TypeError, r"slices must be a non-empty sequence of slice indices or None, got \[\]"),
-    (BrainMaskd, {"keys": "image", "backend": "bet2"}, ValueError, r"backend must be one of \('mask', 'hd-bet-v1', 'hd-bet-v2', 'deepbet'\), got 'bet2'"),
+    (BrainMaskd, {"keys": "image", "stripper": "deepbet"}, TypeError, "stripper must be a SkullStripper or None, got str"),
+    (BrainMask, {"stripper": None}, TypeError, "stripper must be a SkullStripper, got NoneType"),
 ]
 
 
@@ -310,35 +309,6 @@ def test_allow_missing_keys(transform):
         transform(data)
     transform.allow_missing_keys = True
     assert set(transform(data)) == set(data)
-
-
-def test_otsu_separates_two_classes():
-    values = torch.cat([torch.full((1000,), 5.0), torch.full((300,), 100.0)])
-    assert 5.0 < otsu_threshold(values) < 100.0
-
-
-def test_foreground_on_both_sides_of_a_zero_background():
-    img = torch.zeros(1, 10, 10)
-    img[0, 2:5, 2:5], img[0, 5:8, 5:8] = -1.5, 2.0
-    assert torch.equal(foreground_mask(img), img[0] != 0)
-    assert not foreground_mask(torch.full((1, 4, 4), 3.0)).any()
-
-
-@pytest.mark.parametrize("permutation", [(0, 1, 2, 3), (0, 3, 1, 2), (0, 2, 3, 1)])
-@pytest.mark.parametrize("threshold", ["otsu", 150.0])
-@pytest.mark.parametrize("block_voxels", [100, 2**15 - 1, 10**7])
-def test_foreground_profiles_equal_mask_sums(permutation, threshold, block_voxels):
-    data = torch.as_tensor(head((30, 26, 22), SPACING, top=19)["image"])[None]
-    for img in (data.permute(permutation), data.permute(permutation)[:, 2:-3, 1:, :-4], torch.cat([data, data.flip(1) / 2])):
-        mask = foreground_mask(img, threshold)
-        profiles = foreground_profiles(img, threshold, block_voxels=block_voxels)
-        assert [p.tolist() for p in profiles] == [mask.sum(tuple(d for d in range(3) if d != k)).tolist() for k in range(3)]
-
-
-def test_foreground_profiles_of_a_slice():
-    img = torch.zeros(1, 6, 5)
-    img[0, 1:4, 2:5] = 3.0
-    assert [p.tolist() for p in foreground_profiles(img, threshold=1.0)] == [[0, 3, 3, 3, 0, 0], [0, 0, 3, 3, 3]]
 
 
 def slice_stack(values: np.ndarray, pixel_mm: float = 2.0) -> MetaTensor:
