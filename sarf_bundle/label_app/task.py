@@ -143,15 +143,17 @@ class SequenceInferTask(BasicInferTask):
 
     def temperature(self) -> float:
         """The config's ``temperature`` (read again for every request), or 1.0 where the config has none."""
-        if self.parser.get("temperature") is None:
-            return 1.0
-        return float(self.parser.get_parsed_content("temperature", lazy=False))
+        return self._config_number("temperature", 1.0)
 
     def confidence_threshold(self) -> float:
         """The config's ``confidence_threshold``, or 0.0 (never ``uncertain`` for confidence) where it has none."""
-        if self.parser.get("confidence_threshold") is None:
-            return 0.0
-        return float(self.parser.get_parsed_content("confidence_threshold", lazy=False))
+        return self._config_number("confidence_threshold", 0.0)
+
+    def _config_number(self, key: str, default: float) -> float:
+        """A number of the config, parsed again on every call (so a new ``calibration.json`` counts), or ``default``."""
+        if self.parser.get(key) is None:
+            return default
+        return float(self.parser.get_parsed_content(key, lazy=False))
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[None, dict[str, Any]]:
         """MONAI Label's classification result, with the bundle's decision about the volume added.

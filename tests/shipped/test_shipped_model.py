@@ -12,7 +12,6 @@ import torch
 
 from sarf_bundle import SEQUENCES
 from sarf_bundle.bundle import BUNDLE_ROOT, PreprocessingSettings, load_inference_bundle, save_checkpoint
-from sarf_bundle.data import volume_probabilities
 from sarf_bundle.demo import run_demo, true_sequence
 from sarf_bundle.handlers import read_prediction_csv
 from sarf_bundle.networks import SaliencyResNet
@@ -26,13 +25,6 @@ CARD = BUNDLE_ROOT / "docs" / "README.md"
 @pytest.fixture(scope="module")
 def shipped():
     return load_inference_bundle(MODEL)
-
-
-def classify(bundle, path) -> tuple[str, float]:
-    stack = bundle.load(path)
-    with torch.no_grad():
-        p = volume_probabilities(bundle.network(stack[:, None].to(bundle.device)) / bundle.temperature, stack.shape[0])[0]
-    return bundle.class_names[int(p.argmax())], float(p.max())
 
 
 def test_the_file_is_small_safe_and_named_in_the_model_card():
@@ -52,15 +44,15 @@ def test_new_simulated_subjects_are_classified(shipped, tmp_path):
     """Two subjects the model never saw (another seed than its training data), whole head, 12 volumes."""
     datalist = synthesize(tmp_path, subjects=2, seed=31, workers=2, test_fraction=0.5, folds=1, voxel_scale=1.5, progress=False)
     entries = [e for split in ("training", "testing") for e in json.loads(datalist.read_text())[split]]
-    answers = {e["image"]: classify(shipped, tmp_path / e["image"])[0] for e in entries}
+    answers = {e["image"]: shipped.classify(tmp_path / e["image"]).sequence for e in entries}
     right = sum(answers[e["image"]] == e["sequence"] for e in entries)
     assert right >= 11, f"{right} of 12 right: {answers}"
 
 
 @pytest.mark.parametrize("name", ["ch2", "ch2bet", "ch2better"])
 def test_colin27_is_t1_with_and_without_its_skull(shipped, mricron_templates, name):
-    sequence, confidence = classify(shipped, mricron_templates / f"{name}.nii.gz")
-    assert sequence == "T1" and confidence >= 0.5, f"{name}: {sequence} ({confidence:.2f})"
+    p = shipped.classify(mricron_templates / f"{name}.nii.gz")  # the Python API: the CSV's and MONAI Label's decision
+    assert p.sequence == "T1" and p.confidence >= 0.5, f"{name}: {p.sequence} ({p.confidence}; {p.status}: {p.message})"
 
 
 def test_the_demo_classifies_a_mixed_folder_with_the_shipped_model(tmp_path, capsys, mricron_installed):
