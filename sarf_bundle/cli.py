@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
     from .demo import run_demo
-    from .experiments import crossval, sweep
+    from .experiments import crossval
     from .explain import explain
     from .faithfulness import faithfulness
     from .invariance import invariance
@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .report import report
     from .simulation.dataset import synthesize
     from .skullstrip import strip_datalist
+    from .sweep import sweep
     from .visualize import datalist_montage
 
     commands = {

@@ -10,7 +10,8 @@ import pytest
 
 import sarf_bundle.experiments as experiments
 from sarf_bundle.cli import main
-from sarf_bundle.experiments import HEATMAP_METRICS, PAPER_GRID, shard_jobs, sweep, sweep_heatmaps, sweep_jobs
+from sarf_bundle.experiments import HEATMAP_METRICS
+from sarf_bundle.sweep import PAPER_GRID, shard_jobs, sweep, sweep_heatmaps, sweep_jobs
 
 TINY = ["--epochs", "1", "--image_size", "32", "--batch_size", "4", "--num_workers", "0"]
 

@@ -12,8 +12,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from sarf_bundle import SEQUENCES
+from sarf_bundle.crossval_results import find_method_dirs, load_method, read_predictions
 from sarf_bundle.metrics import aggregate_folds, classification_metrics
-from sarf_bundle.report import find_method_dirs, load_method, read_predictions, report, write_report
+from sarf_bundle.report import report, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
