@@ -12,7 +12,8 @@ import torch
 from monai.metrics import compute_dice
 
 import sarf_bundle.skullstrip as skullstrip
-from sarf_bundle.skullstrip import HD_BET_V1_MODEL_SIZES, SkullStripper, hd_bet_v1_model_files, mask_note_path
+from sarf_bundle.skullstrip import SkullStripper, mask_note_path
+from sarf_bundle.skullstrip_backends import HD_BET_V1_MODEL_SIZES, hd_bet_v1_model_files
 
 
 def test_hd_bet_v1_strips_colin27_like_its_reference(colin27, colin27_hd_bet_v1):

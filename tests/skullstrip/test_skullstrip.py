@@ -18,16 +18,10 @@ from monai.data import MetaTensor
 from monai.metrics import compute_dice
 from monai.transforms import LoadImage
 
-import sarf_bundle.skullstrip as skullstrip
+import sarf_bundle.skullstrip_backends as skullstrip_backends
 from sarf_bundle.bundle import BUNDLE_ROOT
-from sarf_bundle.skullstrip import (
-    HD_BET_WEIGHT_FILES,
-    HD_BET_WEIGHTS_ENV,
-    SkullStripper,
-    hd_bet_weights_folder,
-    mask_note_path,
-    strip_datalist,
-)
+from sarf_bundle.skullstrip import SkullStripper, mask_note_path, strip_datalist
+from sarf_bundle.skullstrip_backends import HD_BET_WEIGHT_FILES, HD_BET_WEIGHTS_ENV, hd_bet_weights_folder
 from sarf_bundle.transforms import BrainMask, BrainMaskd, SkullStripd
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -36,7 +30,7 @@ CONFIGS = BUNDLE_ROOT / "configs"
 @pytest.fixture
 def count_backend_calls(monkeypatch):
     """Wrap the real backend functions so that every call is counted by backend name."""
-    calls = {name: 0 for name in skullstrip.BACKENDS}
+    calls = {name: 0 for name in skullstrip_backends.BACKENDS}
 
     def counting(name, backend):
         def call(*args, **kwargs):
@@ -45,8 +39,8 @@ def count_backend_calls(monkeypatch):
 
         return call
 
-    for name, backend in list(skullstrip.BACKENDS.items()):
-        monkeypatch.setitem(skullstrip.BACKENDS, name, counting(name, backend))
+    for name, backend in list(skullstrip_backends.BACKENDS.items()):
+        monkeypatch.setitem(skullstrip_backends.BACKENDS, name, counting(name, backend))
     return calls
 
 
@@ -264,7 +258,7 @@ def test_bad_argument(function, kwargs, error, match):
 
 def test_missing_backend_package_says_what_to_install():
     with pytest.raises(ImportError, match=r"backend 'no-such-bet' needs the package no-such-bet, .*\[skullstrip\]"):
-        skullstrip._require("no_such_bet", "no-such-bet")
+        skullstrip_backends.require_package("no_such_bet", "no-such-bet")
 
 
 def test_skull_strip_applies_the_mask_it_is_given():
