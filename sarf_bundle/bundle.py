@@ -312,7 +312,7 @@ class InferenceBundle:
         stack = item["image"]
         with torch.no_grad():
             logits = self.network(stack[:, None].to(self.device))
-        probabilities = volume_probabilities(logits / self.temperature, stack.shape[0])[0].tolist()
+        probabilities = volume_probabilities(logits, stack.shape[0], self.temperature)[0].tolist()
         return decide(
             item["filename"], probabilities, self.class_names, self.confidence_threshold,
             note=item["message"], warning=item["warning"], header=item["header"],

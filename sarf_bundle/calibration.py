@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def volume_nll(logits: torch.Tensor, labels: torch.Tensor, n_slices: int, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the volumes' true classes, slice logits ``(B*S, K)``, labels ``(B,)``."""
-    probs = volume_probabilities(logits / temperature, n_slices)
+    probs = volume_probabilities(logits, n_slices, temperature)
     return float(-torch.log(probs[torch.arange(len(labels)), labels].clamp(min=1e-12)).mean())
 
 
@@ -109,7 +109,7 @@ class TemperatureScaling:
         temperature = fit_temperature(logits, labels, self.n_slices)
         summary = {"temperature": temperature, "n_volumes": len(labels), "data": self.description}
         for name, t in (("before", 1.0), ("after", temperature)):
-            probs = volume_probabilities(logits / t, self.n_slices).numpy()
+            probs = volume_probabilities(logits, self.n_slices, t).numpy()
             summary[name] = {
                 "nll": volume_nll(logits, labels, self.n_slices, t),
                 "ece": expected_calibration_error(probs, labels.numpy()),

@@ -207,9 +207,18 @@ class SliceBatch(PrepareBatch):
         return images, labels
 
 
-def volume_probabilities(logits: torch.Tensor, n_slices: int) -> torch.Tensor:
-    """Class probabilities of each volume ``(B, K)``: the mean softmax of its ``n_slices`` consecutive slice logits ``(B*S, K)``."""
-    return torch.softmax(logits.float(), dim=1).reshape(-1, n_slices, logits.shape[1]).mean(dim=1)
+def volume_probabilities(logits: torch.Tensor, n_slices: int, temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities of each volume ``(B, K)``: the mean softmax of its ``n_slices`` consecutive slice logits ``(B*S, K)``.
+
+    The one place where slice logits become a volume's probabilities (paper, section 3.3), for training's
+    validation, evaluation, inference, calibration, explanations and MONAI Label alike.
+
+    Args:
+        logits: slice logits ``(B*S, K)``, the slices of each volume consecutive.
+        n_slices: slices per volume ``S``.
+        temperature: divides the logits before the softmax (temperature scaling, :mod:`sarf_bundle.calibration`).
+    """
+    return torch.softmax(logits.float() / temperature, dim=1).reshape(-1, n_slices, logits.shape[1]).mean(dim=1)
 
 
 class VolumeOutput:
@@ -230,7 +239,7 @@ class VolumeOutput:
 
     def __call__(self, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = output[CommonKeys.PRED]
-        probs = volume_probabilities(logits / self.temperature, self.n_slices)
+        probs = volume_probabilities(logits, self.n_slices, self.temperature)
         labels = output[CommonKeys.LABEL].reshape(-1, self.n_slices)[:, 0]
         if self.one_hot:
             labels = torch.nn.functional.one_hot(labels, logits.shape[1])

@@ -57,7 +57,7 @@ def explain_slices(bundle: InferenceBundle, slices: torch.Tensor, targets: torch
     """
     images = slices[:, None].to(bundle.device)
     explanation = relevance_maps(bundle.network, images, None if targets is None else targets.to(bundle.device))
-    probabilities = volume_probabilities(explanation.logits / bundle.temperature, slices.shape[0])[0]
+    probabilities = volume_probabilities(explanation.logits, slices.shape[0], bundle.temperature)[0]
     return explanation.relevance[:, :, 0].cpu().numpy(), probabilities.cpu().numpy()
 
 

@@ -364,7 +364,7 @@ class PredictionWriter:
         logger.info(f"{len(rows)} inputs ({', '.join(x for x in sources if x)}): {statuses or 'none'}. Predictions: {self.output_csv}")
 
     def _append(self, engine: Engine) -> None:
-        probs = volume_probabilities(engine.state.output["pred"] / self.temperature, self.n_slices).cpu().numpy()
+        probs = volume_probabilities(engine.state.output["pred"], self.n_slices, self.temperature).cpu().numpy()
         batch = engine.state.batch
         names = _filenames(batch, len(probs))
         column = lambda key, default="": batch.get(key, [default] * len(probs))  # noqa: E731

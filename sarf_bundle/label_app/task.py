@@ -137,7 +137,7 @@ class SequenceInferTask(BasicInferTask):
         slices, _ = SliceBatch()({"image": stack[None]}, device=torch.device(device))
         with torch.no_grad():
             logits = self.inferer(data)(slices, network)
-        probabilities = volume_probabilities(logits / self.temperature(), self.n_slices)[0].cpu()
+        probabilities = volume_probabilities(logits, self.n_slices, self.temperature())[0].cpu()
         data[self.output_label_key] = MetaTensor(probabilities)  # MONAI Label's ClassificationWriter expects a MetaTensor
         return data
 

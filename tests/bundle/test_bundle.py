@@ -282,7 +282,7 @@ def test_calibration_then_inference_uses_the_temperature(trained, tmp_path):
     bundle = load_inference_bundle(root / "models" / "model.pt")  # the slice size comes from the checkpoint
     with torch.no_grad():
         logits = net.eval()(bundle.load(row["file"])[:, None])
-    expected = volume_probabilities(logits / calibration["temperature"], logits.shape[0])[0]
+    expected = volume_probabilities(logits, logits.shape[0], calibration["temperature"])[0]
     assert [float(row[f"p_{c}"]) for c in SEQUENCES] == pytest.approx(expected.tolist(), abs=1e-5)
     (root / "models" / "calibration.json").unlink()
 
