@@ -26,7 +26,7 @@ from .bundle import BUNDLE_ROOT, checkpoint_settings, config_value, run_bundle
 from .data import load_datalist
 from .experiments import METHODS as EXPERIMENT_METHODS
 from .explain import explain
-from .files import atomic_copy, atomic_write_bytes, atomic_write_text
+from .files import atomic_copy, atomic_folder, atomic_write_bytes, atomic_write_text
 from .faithfulness import faithfulness
 from .handlers import read_prediction_csv
 from .simulation.dataset import synthesize, synthesize_unknown
@@ -243,7 +243,8 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
             }
             uid = generate_uid(entropy_srcs=[str(seed), entry["image"]])  # the same series again when the demo reruns
             number = list(DICOM_SERIES).index(entry["sequence"]) + 1
-            write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, target, header, series_number=number, series_uid=uid)
+            with atomic_folder(target, staging=out / ".partial") as folder:  # a series appears whole, or not at all
+                write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, folder, header, series_number=number, series_uid=uid)
         else:
             atomic_copy(source, target)
     if not list(inputs.glob("unknown-*_PD.nii.gz")):

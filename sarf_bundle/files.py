@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "atomic_copy",
+    "atomic_folder",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -76,6 +77,39 @@ def _replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, staging: str | Path | None = None) -> Iterator[Path]:
+    """A new, empty folder to fill; renamed onto ``path`` when the block ends, removed with its content if it raises.
+
+    A folder of several files (a DICOM series) then appears whole or not at all. Interrupted for good (the process
+    killed), the half-filled folder stays behind in ``staging``, under a hidden unique name: give a ``staging``
+    folder that nothing scans (e.g. not the input folder of an inference), on the same file system as ``path``.
+
+    Args:
+        path: the folder to make; it must not exist.
+        staging: where the folder is filled; default ``path``'s parent.
+
+    Raises:
+        FileExistsError: ``path`` exists (when the block starts or when it ends).
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists already.")
+    staging = Path(staging) if staging is not None else path.parent
+    staging.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.partial"
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)  # never merges: fails when a non-empty path appeared meanwhile
+        except OSError as error:
+            raise FileExistsError(f"{path} could not be put in place: {error}") from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
