@@ -210,62 +210,25 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
     file, and Colin27's ``ch2``, ``ch2bet`` and ``ch2better`` (T1) where ``mricron-data`` is installed. Nothing is
     skull-stripped. A run in an existing folder classifies only what the CSV does not hold yet.
     """
-    import nibabel as nib
-    from pydicom.uid import generate_uid
-
-    from .simulation.dicom_writer import protocol_header, write_dicom_series
-
     model = BUNDLE_ROOT / "models" / "model.pt"
     if not model.is_file():
         raise FileNotFoundError(f"{model} does not exist: make it with `python -m sarf_bundle pretrain`, or run `demo --train`.")
     out = Path(out).resolve()
     inputs = out / "inputs"
-    start = time.time()
     timings: dict[str, float] = {}
-    if not (out / "data" / "datalist.json").is_file():
-        synthesize(out / "data", subjects=subjects, seed=seed, workers=workers, test_fraction=0.5, folds=1, voxel_scale=voxel_scale)
-    inputs.mkdir(parents=True, exist_ok=True)
-    datalist = json.loads((out / "data" / "datalist.json").read_text())
-    first = min(e["image"] for e in datalist["training"] + datalist["testing"]).split("_")[0]
-    for entry in datalist["training"] + datalist["testing"]:
-        source = out / "data" / entry["image"]
-        as_dicom = entry["image"].startswith(first) and entry["sequence"] in DICOM_SERIES
-        target = inputs / "dicom" / entry["image"].removesuffix(".nii.gz") if as_dicom else inputs / entry["image"]
-        if target.exists():
-            continue
-        if as_dicom:
-            image = nib.load(source)
-            header = {
-                **protocol_header(entry["acquisition"]),
-                "SeriesDescription": DICOM_SERIES[entry["sequence"]],
-                "PatientID": first,
-                "StudyInstanceUID": generate_uid(entropy_srcs=[str(seed), first]),  # one study, as the series share a subject
-            }
-            uid = generate_uid(entropy_srcs=[str(seed), entry["image"]])  # the same series again when the demo reruns
-            number = list(DICOM_SERIES).index(entry["sequence"]) + 1
-            with atomic_folder(target, staging=out / ".partial") as folder:  # a series appears whole, or not at all
-                write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, folder, header, series_number=number, series_uid=uid)
-        else:
-            atomic_copy(source, target)
-    if not list(inputs.glob("unknown-*_PD.nii.gz")):
-        synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
-    _add_corrupt_file(inputs)
-    for name in ("ch2", "ch2bet", "ch2better"):
-        if (COLIN27 / f"{name}.nii.gz").is_file() and not (inputs / f"colin27-{name}_T1.nii.gz").exists():
-            atomic_copy(COLIN27 / f"{name}.nii.gz", inputs / f"colin27-{name}_T1.nii.gz")
-    timings["simulate"] = time.time() - start
-    tick = time.time()
+    start = time.time()
+    with _timed(timings, "simulate"):
+        _write_demo_inputs(out, inputs, subjects, voxel_scale, workers, seed, unknown_volumes)
     output_csv = out / "sequence_predictions.csv"
-    run_bundle(
-        "run", ["inference.json"], bundle_root=str(out), ckpt_dir=str(model.parent), dataset_dir=str(inputs), output_csv=str(output_csv),
-        num_workers=workers, **checkpoint_settings(model),
-    )
-    timings["classify"] = time.time() - tick
+    with _timed(timings, "classify"):
+        run_bundle(
+            "run", ["inference.json"], bundle_root=str(out), ckpt_dir=str(model.parent), dataset_dir=str(inputs), output_csv=str(output_csv),
+            num_workers=workers, **checkpoint_settings(model),
+        )
     rows = read_prediction_csv(output_csv)
-    tick = time.time()
     example = sorted(inputs.glob("*_T1.nii.gz"))[0]
-    explained = explain(str(example), model=str(model), names=["SaRF"], out=str(out / "explanations"))
-    timings["explain"] = time.time() - tick
+    with _timed(timings, "explain"):
+        explained = explain(str(example), model=str(model), names=["SaRF"], out=str(out / "explanations"))
     timings["total"] = time.time() - start
     known = [r for r in rows if r["status"] != "error" and true_sequence(r["file"]) in SEQUENCES]
     summary = {
@@ -279,6 +242,53 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
         "outputs": {"predictions_csv": str(output_csv), "relevance_maps": explained["figure"]},
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    _print_classified(rows, inputs, summary)
+    print(f"Predictions: {output_csv}\nRelevance maps of {example.name}: {explained['figure']}\nSummary: {out / 'summary.json'}")
+    return str(out / "summary.json")
+
+
+def _write_demo_inputs(out: Path, inputs: Path, subjects: int, voxel_scale: float, workers: int, seed: int, unknown_volumes: int) -> None:
+    """Fill the demo's input folder (see :func:`classify_demo`); what is there already is kept."""
+    import nibabel as nib
+    from pydicom.uid import generate_uid
+
+    from .simulation.dicom_writer import protocol_header, write_dicom_series
+
+    if not (out / "data" / "datalist.json").is_file():
+        synthesize(out / "data", subjects=subjects, seed=seed, workers=workers, test_fraction=0.5, folds=1, voxel_scale=voxel_scale)
+    inputs.mkdir(parents=True, exist_ok=True)
+    datalist = json.loads((out / "data" / "datalist.json").read_text())
+    first = min(e["image"] for e in datalist["training"] + datalist["testing"]).split("_")[0]
+    for entry in datalist["training"] + datalist["testing"]:
+        source = out / "data" / entry["image"]
+        as_dicom = entry["image"].startswith(first) and entry["sequence"] in DICOM_SERIES
+        target = inputs / "dicom" / entry["image"].removesuffix(".nii.gz") if as_dicom else inputs / entry["image"]
+        if target.exists():
+            continue
+        if not as_dicom:
+            atomic_copy(source, target)
+            continue
+        image = nib.load(source)
+        header = {
+            **protocol_header(entry["acquisition"]),
+            "SeriesDescription": DICOM_SERIES[entry["sequence"]],
+            "PatientID": first,
+            "StudyInstanceUID": generate_uid(entropy_srcs=[str(seed), first]),  # one study, as the series share a subject
+        }
+        uid = generate_uid(entropy_srcs=[str(seed), entry["image"]])  # the same series again when the demo reruns
+        number = list(DICOM_SERIES).index(entry["sequence"]) + 1
+        with atomic_folder(target, staging=out / ".partial") as folder:  # a series appears whole, or not at all
+            write_dicom_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, folder, header, series_number=number, series_uid=uid)
+    if not list(inputs.glob("unknown-*_PD.nii.gz")):
+        synthesize_unknown(inputs, subjects=unknown_volumes, seed=seed + 1000, voxel_scale=voxel_scale)
+    _add_corrupt_file(inputs)
+    for name in ("ch2", "ch2bet", "ch2better"):
+        if (COLIN27 / f"{name}.nii.gz").is_file() and not (inputs / f"colin27-{name}_T1.nii.gz").exists():
+            atomic_copy(COLIN27 / f"{name}.nii.gz", inputs / f"colin27-{name}_T1.nii.gz")
+
+
+def _print_classified(rows: list[dict[str, str]], inputs: Path, summary: dict) -> None:
+    """The demo's table: each input with its true and predicted sequence, confidence and status; then the accuracy."""
     print(f"\n{'input':52s} {'truth':6s} {'predicted':9s} {'conf.':>5s}  status")
     for r in rows:
         truth = true_sequence(r["file"]) or "-"
@@ -288,12 +298,10 @@ def classify_demo(out: str | Path = "demo", subjects: int = 2, voxel_scale: floa
         detail = r["status"] + (f" ({r['message']})" if r["status"] == "error" else "")
         print(f"{name:52s} {truth:6s} {r['sequence'] or '-':9s} {r['confidence'][:5] or '-':>5s}  {detail}{mark}")
     print(
-        f"\nAccuracy on the {len(known)} inputs of the six sequences: {summary['accuracy']:.3f}. Statuses: "
+        f"\nAccuracy on the {summary['n_classified_known']} inputs of the six sequences: {summary['accuracy']:.3f}. Statuses: "
         + ", ".join(f"{n} {k}" for k, n in sorted(summary["statuses"].items()))
-        + f". {len(rows)} inputs in {timings['classify']:.0f} s."
+        + f". {len(rows)} inputs in {summary['seconds']['classify']:.0f} s."
     )
-    print(f"Predictions: {output_csv}\nRelevance maps of {example.name}: {explained['figure']}\nSummary: {out / 'summary.json'}")
-    return str(out / "summary.json")
 
 
 def confidence_report(rows: list[dict[str, str]], threshold: float | None = None) -> dict:

@@ -67,6 +67,7 @@ def test_the_demo_classifies_a_mixed_folder_with_the_shipped_model(tmp_path, cap
     printed = capsys.readouterr().out
     assert "Accuracy on the" in printed and summary["outputs"]["relevance_maps"] in printed
     assert (tmp_path / "demo" / "explanations").is_dir()
+    assert list((tmp_path / "demo" / ".partial").iterdir()) == []  # each DICOM series was filled there, then moved whole
     shutil.rmtree(tmp_path / "demo" / "inputs" / "dicom")  # a second run classifies only what is new
     run_demo(out=tmp_path / "demo", subjects=1, voxel_scale=2.0, unknown_volumes=1)
     assert len(read_prediction_csv(summary["outputs"]["predictions_csv"])) == len(rows)
