@@ -54,7 +54,7 @@ HEATMAP_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "ovr_threshold_mean_f1": (("ovr_threshold", "mean", "f1"), "mean F1 over classes, one-vs-rest at 0.5"),
     "ovr_threshold_mean_accuracy": (("ovr_threshold", "mean", "accuracy"), "mean accuracy over classes, one-vs-rest at 0.5"),
 }
-"""Metrics of the sweep's heat maps and table: a path into :func:`sarf_bundle.metrics.aggregate_folds`'s
+"""Metrics that crossval prints and the sweep draws as heat maps (:mod:`sarf_bundle.sweep`): a path into :func:`sarf_bundle.metrics.aggregate_folds`'s
 result, and a title. F1 is the paper's Fig. 5c, accuracy and AUC its Fig. 6."""
 
 HEADLINE: dict[str, tuple[str, ...]] = {

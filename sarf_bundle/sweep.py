@@ -90,7 +90,7 @@ def sweep(
         alphas: the alpha values (a list, or a comma-separated string); default the paper's 8 values 0-20.
         betas: the beta values, likewise.
         shard: ``"i/n"``: run (or list) only shard ``i`` of ``n``.
-        folds: as in :func:`crossval`.
+        folds: as in :func:`sarf_bundle.experiments.crossval`.
         list: print the shard's jobs as commands, one per line, instead of running them.
         heatmaps: only draw the heat maps and the table of the finished jobs.
         **overrides: other keys of ``configs/train.json`` for every job, e.g. ``epochs=20``.
